@@ -1,0 +1,82 @@
+"""The ``bertrt`` command. Stage groups are imported only when used, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import click
+
+# name -> (module, attribute, one-line help). Order is the pipeline's order.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "zoo": ("bertrt.convert.zoo_cli", "zoo", "Make BERT checkpoints to work on (seeded random, or real minilm)."),
+    "convert": ("bertrt.convert.cli", "convert", "TF checkpoint or any exporter's ONNX -> the canonical model."),
+    "surgery": ("bertrt.surgery.cli", "surgery", "Fuse the encoder into TensorRT BERT plugin nodes, pass by pass."),
+    "calibrate": ("bertrt.calibrate.cli", "calibrate", "INT8 ranges on the CPU: calibration cache or Q/DQ graph."),
+    "build": ("bertrt.run.build_cli", "build", "Build a TensorRT engine from a fused graph (needs TensorRT)."),
+    "infer": ("bertrt.run.infer_cli", "infer", "Answer questions about a passage."),
+    "squad": ("bertrt.run.squad_cli", "squad", "Predict a SQuAD v1.1 file and score EM/F1."),
+    "perf": ("bertrt.run.perf_cli", "perf", "Latency (average, p50, p95, p99) and throughput per batch size."),
+    "compare": ("bertrt.run.compare_cli", "compare", "Compare two graphs' outputs (ONNX Runtime or the CPU reference)."),
+}
+
+
+def _not_built(name: str, help_text: str) -> click.Command:
+    @click.command(name=name, help=f"{help_text}\n\nNot built yet in this version of bertrt.",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def placeholder(**_):
+        raise click.ClickException(f"'bertrt {name}' is not built yet in this version of bertrt.")
+
+    placeholder.short_help = f"[not built yet] {help_text}"
+    return placeholder
+
+
+class StageGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, help_text = COMMANDS[name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real missing dependency, not a stage that does not exist yet
+                raise
+            return _not_built(name, help_text)
+        cmd = getattr(mod, attr)
+        cmd.short_help = cmd.short_help or help_text
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name, (module, _attr, help_text) in COMMANDS.items():
+            built = importlib.util.find_spec(module) is not None
+            rows.append((name, help_text if built else f"[not built yet] {help_text}"))
+        with formatter.section("Stages"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="bertrt")
+def cli():
+    """bertrt: put BERT question answering on TensorRT.
+
+    \b
+    checkpoint --convert--> model.onnx --surgery--> fused.onnx --build--> engine
+                                           calibrate (INT8)  compare (CPU reference vs ONNX Runtime)
+
+    Every stage reads files and writes files; run `bertrt STAGE --help` for its commands.
+    """
+
+
+def main():
+    # TensorFlow's C++ logging is noise for a command-line user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli(prog_name="bertrt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Loading and saving ONNX models: clear errors for bad files, atomic writes, external data past 2 GB."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from bertrt.errors import BertrtError
+
+# protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.exists():
+        raise BertrtError("no such file", path)
+    if path.is_dir():
+        raise BertrtError("is a folder, expected an ONNX file", path)
+    if path.stat().st_size == 0:
+        raise BertrtError("empty file, expected an ONNX model", path)
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=load_external_data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {_first_line(e)}", path)
+    except FileNotFoundError as e:
+        raise BertrtError(f"external data file missing: {e.filename}", path)
+    if not model.graph.node or not model.graph.output:
+        raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    return model
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the tensors stored in the model (initializers and constant attributes)."""
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                total += a.t.ByteSize()
+    return total
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+    """Write atomically. Models too big for one protobuf keep weights in ``<name>.data`` beside them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = model_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        data_name = f"{path.name}.data"
+        if external_data:
+            onnx.save_model(model, os.fspath(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            os.replace(tmpdir / data_name, path.parent / data_name)
+            # The model proto now points at external data; keep the caller's proto intact.
+            onnx.load_external_data_for_model(model, os.fspath(path.parent))
+        else:
+            onnx.save_model(model, os.fspath(tmp))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,1 @@
+"""INT8: calibration data, range statistics, calibration caches and Q/DQ graphs."""

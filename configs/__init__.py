@@ -1,0 +1,1 @@
+"""Data: model and target YAML files (read through bertrt.config)."""

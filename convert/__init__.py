@@ -1,0 +1,1 @@
+"""TF checkpoint -> ONNX through tf2onnx, ONNX intake onto the canonical contract, and the model zoo."""

@@ -1,0 +1,1 @@
+"""TensorRT BERT plugin specs, numpy references, and the CPU runner for fused graphs."""

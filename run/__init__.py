@@ -1,0 +1,1 @@
+"""Tokenization, SQuAD features and metric, backends, engine build, inference, perf and compare."""

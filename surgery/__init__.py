@@ -1,0 +1,1 @@
+"""Graph passes that fuse a canonical BERT into TensorRT plugin nodes."""
