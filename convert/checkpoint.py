@@ -166,7 +166,11 @@ def read_weights(prefix: str, cfg: BertConfig) -> dict[str, np.ndarray]:
         if tuple(have[name]) != shape:
             raise BertrtError(f"variable {name} has shape {list(have[name])} but the config says {list(shape)}",
                               prefix)
-        weights[name] = np.asarray(reader.get_tensor(name), dtype=np.float32)
+        try:
+            weights[name] = np.asarray(reader.get_tensor(name), dtype=np.float32)
+        except Exception as e:  # a truncated or damaged .data file fails only when read
+            raise BertrtError(f"cannot read variable {name} (damaged or truncated checkpoint data): "
+                              f"{str(e).splitlines()[0]}", prefix)
     return weights
 
 

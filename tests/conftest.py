@@ -21,3 +21,33 @@ def minilm_ckpt(tmp_path_factory):
     from bertrt.convert import zoo
 
     return zoo.make("minilm", tmp_path_factory.mktemp("zoo") / "minilm")
+
+
+def _convert(ckpt, out, seq):
+    from bertrt.convert.tf_convert import convert_checkpoint
+
+    report = convert_checkpoint(ckpt, out, seq=seq, log=lambda _msg: None)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_ckpt, tmp_path_factory):
+    """(path, report) of the canonical tiny model at sequence 128, converted from the zoo checkpoint."""
+    return _convert(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny-128.onnx", 128)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_converted):
+    """Path of the canonical tiny model (2 layers, hidden 128, 2 heads of 64), sequence 128."""
+    return tiny_converted[0]
+
+
+@pytest.fixture(scope="session")
+def minilm_converted(minilm_ckpt, tmp_path_factory):
+    """(path, report) of the canonical minilm model (real weights) at sequence 128."""
+    return _convert(minilm_ckpt, tmp_path_factory.mktemp("onnx") / "minilm-128.onnx", 128)
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(minilm_converted):
+    return minilm_converted[0]

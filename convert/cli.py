@@ -1,0 +1,61 @@
+"""``bertrt convert``: any source onto the canonical ONNX model."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def convert():
+    """Turn a TF checkpoint or an exporter's ONNX into the canonical model.
+
+    \b
+    Canonical model: inputs input_ids, segment_ids, input_mask (int32 [batch, seq]),
+    output logits (float32 [batch, seq, 2]: start, end).
+    """
+
+
+def _log(msg):
+    click.echo(msg, err=True)
+
+
+@convert.command("tf")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(),
+              help="Checkpoint folder (with bert_config.json) or prefix, e.g. ckpt/bert_model.ckpt.")
+@click.option("--config", type=click.Path(), default=None,
+              help="bert_config.json [default: the one beside the checkpoint].")
+@click.option("--seq", "-s", type=int, default=384, show_default=True, help="Sequence length (fixed).")
+@click.option("--dynamic-seq", is_flag=True, help="Leave the sequence axis dynamic instead of fixing --seq.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+def convert_tf(checkpoint, config, seq, dynamic_seq, opset, out):
+    """BERT SQuAD TF checkpoint (Google / NGC layout) -> canonical ONNX, through tf2onnx.
+
+    Checks ONNX Runtime against TensorFlow on random inputs and prints the largest difference.
+    Batch is always dynamic.
+    """
+    from bertrt.convert.tf_convert import convert_checkpoint
+
+    r = convert_checkpoint(checkpoint, out, config=config, seq=None if dynamic_seq else seq, opset=opset,
+                           log=_log)
+    c = r.config
+    click.echo(f"wrote {out}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+               f"seq {'dynamic' if r.seq is None else r.seq}, opset {r.opset}")
+    click.echo(f"max |TF - ONNX Runtime| on logits {list(r.check_shape)}: {r.max_abs_diff:.3g}")
+
+
+@convert.command("onnx")
+@click.argument("src", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+def convert_onnx_cmd(src, out):
+    """A PyTorch / Hugging Face export or a QAT (Q/DQ) ONNX -> canonical ONNX.
+
+    Renames inputs (token_type_ids -> segment_ids, attention_mask -> input_mask), makes int64 ids int32
+    at the edge, joins start/end logits into logits [batch, seq, 2], keeps Q/DQ nodes, folds constants.
+    """
+    from bertrt.convert.onnx_intake import convert_onnx
+
+    report = convert_onnx(src, out)
+    for line in report.get("changes", []):
+        click.echo(f"  {line}", err=True)
+    click.echo(f"wrote {out}")

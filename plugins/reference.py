@@ -1,0 +1,246 @@
+"""Numpy references of the TensorRT BERT plugins, following shared/specs/trt-bert-plugins.md to the letter.
+
+Layouts are the plugins' own: sequence-major ``[S, B, E, 1, 1]`` (fixed length), ``[T, E, 1, 1]``
+(var-seqlen), ``[1, E, T, 1]`` (INT8 interleaved, logical view of CHW32). Every function takes and returns
+real values in float32: FP16 plugins round their inputs and outputs to float16 values, INT8 plugins
+fake-quantize them with the given scales (``real = scale * q``, q in [-127, 127]).
+
+Numerics:
+* LayerNorm is ``gamma * (x - mean) / sqrt(E[x^2] - mean^2 + eps) + beta`` with statistics in float64.
+  eps (§2.4): EmbLayerNorm 0; SkipLayerNorm FLT_EPSILON when E in {768, 1024} in FP32, else 0.
+* FP16 SkipLayerNorm with E in {768, 1024} uses ``std::numeric_limits<half>::epsilon()``, which the
+  plugin sources never specialise; an unspecialised numeric_limits returns T() = 0, so FP16_SKIP_EPS = 0.
+  FP16 accumulation inside the kernels is not modelled (statistics stay in float64): expect ~1e-2
+  against a GPU, which is what the fp16 comparison tolerance allows.
+* Attention runs in float32 (matmuls) with an exact softmax; masked keys get probability 0 exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLT_EPSILON = float(np.finfo(np.float32).eps)
+FP16_SKIP_EPS = 0.0
+DEFAULT_DQ_PROBS = 1.0 / 127.0
+
+
+# ---------------------------------------------------------------- precision helpers
+
+
+def round_fp16(x: np.ndarray) -> np.ndarray:
+    """Values as an FP16 tensor would hold them, kept in float32."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def fake_quant(x: np.ndarray, scale: float) -> np.ndarray:
+    """Symmetric INT8 quantize-dequantize: scale * clip(round_half_even(x / scale), -127, 127)."""
+    if not scale > 0:
+        raise ValueError(f"INT8 scale must be > 0, got {scale}")
+    q = np.clip(np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)), -127, 127)
+    return (q * np.float32(scale)).astype(np.float32)
+
+
+def scale_from_amax(amax: float) -> float:
+    """TensorRT's implicit INT8 scale for a tensor whose dynamic range is [-amax, amax]."""
+    return float(amax) / 127.0
+
+
+def at_precision(x: np.ndarray, type_id: int, scale: float | None = None) -> np.ndarray:
+    """Round x to what a tensor of type_id (0 FP32, 1 FP16, 2 INT8 with scale) holds."""
+    if type_id == 1:
+        return round_fp16(x)
+    if type_id == 2:
+        if scale is None:
+            raise ValueError("an INT8 tensor needs a scale")
+        return fake_quant(x, scale)
+    return np.asarray(x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- LayerNorm
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """LayerNorm over the last axis in the plugins' E[x^2] - mean^2 form."""
+    x64 = np.asarray(x, dtype=np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    var = (x64 * x64).mean(-1, keepdims=True) - mu * mu
+    y = (x64 - mu) / np.sqrt(var + eps)
+    return (y * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)).astype(np.float32)
+
+
+def skip_ln_eps(E: int, type_id: int) -> float:
+    if E in (768, 1024):
+        return FLT_EPSILON if type_id == 0 else FP16_SKIP_EPS
+    return 0.0
+
+
+# ---------------------------------------------------------------- EmbLayerNorm (§4.1)
+
+
+def mask_index(mask_sb: np.ndarray) -> np.ndarray:
+    """maskIdx [B]: index of the first 0 in each column of an [S, B] mask, or S if there is none."""
+    z = np.asarray(mask_sb) == 0
+    S = z.shape[0]
+    return np.where(z.any(0), z.argmax(0), S).astype(np.int32)
+
+
+def _emb_tables(word, tok, pos, output_fp16):
+    # output_fp16=1 stores the tables in FP16; gamma/beta stay FP32 (§2.4).
+    conv = round_fp16 if output_fp16 else (lambda t: np.asarray(t, np.float32))
+    return conv(word), conv(tok), conv(pos)
+
+
+def emb_ln_fixed(ids, seg, mask, word, tok, pos, gamma, beta, output_fp16=False):
+    """EmbLN v1/v6. ids, seg, mask: int [S, B]. Returns ([S, B, E, 1, 1], maskIdx int32 [B, 1])."""
+    word, tok, pos = _emb_tables(word, tok, pos, output_fp16)
+    S = ids.shape[0]
+    x = word[ids] + tok[seg] + pos[:S][:, None, :]
+    out = layer_norm(x, gamma, beta, eps=0.0)
+    if output_fp16:
+        out = round_fp16(out)
+    return out[..., None, None], mask_index(mask)[:, None]
+
+
+def positions_from_cu(cu: np.ndarray) -> np.ndarray:
+    """In-sequence position of every packed token (restarting at 0 per sequence)."""
+    cu = np.asarray(cu, dtype=np.int64)
+    lengths = np.diff(cu)
+    if (lengths < 0).any() or cu[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0 and not decrease, got {cu.tolist()}")
+    return np.arange(int(cu[-1])) - np.repeat(cu[:-1], lengths)
+
+
+def emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, output_fp16=False, mtron=False):
+    """EmbLN v2/v4 (HFace) and v3/v5 (MTron). ids, seg: [T]. Returns ([T, E, 1, 1], output 1).
+
+    Output 1 is a 0-d int32 for HFace and the pre-LN sum [T, E, 1, 1] for MTron.
+    """
+    word, tok, pos = _emb_tables(word, tok, pos, output_fp16)
+    x = word[ids] + tok[seg] + pos[positions_from_cu(cu)]
+    out = layer_norm(x, gamma, beta, eps=0.0)
+    if output_fp16:
+        out, x = round_fp16(out), round_fp16(x)
+    second = x[:, :, None, None].astype(np.float32) if mtron else np.zeros((), np.int32)
+    return out[:, :, None, None], second
+
+
+# ---------------------------------------------------------------- QKVToContext (§4.2)
+
+
+def attention(q, k, v, nvalid: int | None = None, dq_probs: float | None = None) -> np.ndarray:
+    """Softmax attention of one sequence. q, k, v: [L, N, H] -> [L, N, H].
+
+    Keys at positions >= nvalid get probability 0; nvalid = 0 gives zeros. With dq_probs the
+    probabilities are quantized to multiples of dq_probs (INT8 path).
+    """
+    L, N, H = q.shape
+    if nvalid == 0:
+        return np.zeros((L, N, H), np.float32)
+    qn, kn, vn = (np.ascontiguousarray(t.transpose(1, 0, 2), dtype=np.float32) for t in (q, k, v))
+    if nvalid is not None and nvalid < L:
+        kn, vn = kn[:, :nvalid], vn[:, :nvalid]  # masked keys contribute exactly 0
+    logits = np.matmul(qn, kn.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(H))
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits, out=logits)
+    p /= p.sum(-1, keepdims=True)
+    if dq_probs is not None:
+        p = fake_quant(p, dq_probs)
+    return np.matmul(p, vn).transpose(1, 0, 2)
+
+
+def split_qkv(x: np.ndarray, num_heads: int, order: str = "N3H"):
+    """Split rows of 3E channels into q, k, v [..., N, H]. order "N3H" (plugins v1/2/4/5) or "3NH"."""
+    E3 = x.shape[-1]
+    E = E3 // 3
+    H = E // num_heads
+    if order == "N3H":
+        y = x.reshape(x.shape[:-1] + (num_heads, 3, H))
+        return y[..., 0, :], y[..., 1, :], y[..., 2, :]
+    y = x.reshape(x.shape[:-1] + (3, num_heads, H))
+    return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
+
+
+def _quant_io(x, type_id, s_qkv):
+    return at_precision(x, type_id, s_qkv)
+
+
+def qkv_fixed(qkv, num_heads, mask_idx=None, type_id=0, s_qkv=None, s_ctx=None, dq_probs=DEFAULT_DQ_PROBS):
+    """QKV v1/v4, and v2/v5 with var_seqlen=0. qkv [S, B, 3E, 1, 1]; mask_idx [B] or [B, 1] or None."""
+    S, B, E3 = qkv.shape[:3]
+    x = _quant_io(np.asarray(qkv, np.float32).reshape(S, B, E3), type_id, s_qkv)
+    q, k, v = split_qkv(x, num_heads)
+    out = np.empty((S, B, num_heads, E3 // 3 // num_heads), np.float32)
+    m = None if mask_idx is None else np.ravel(mask_idx)
+    for b in range(B):
+        nvalid = None if m is None else int(np.clip(m[b], 0, S))
+        out[:, b] = attention(q[:, b], k[:, b], v[:, b], nvalid, dq_probs if type_id == 2 else None)
+    out = at_precision(out, type_id, s_ctx)
+    return out.reshape(S, B, E3 // 3, 1, 1)
+
+
+def _per_sequence(x_tokens, cu, num_heads, order, dq):
+    q, k, v = split_qkv(x_tokens, num_heads, order)
+    T, N, H = q.shape
+    out = np.empty((T, N, H), np.float32)
+    cu = np.asarray(cu, dtype=np.int64)
+    for i in range(len(cu) - 1):
+        s0, s1 = int(cu[i]), int(cu[i + 1])
+        if s1 > s0:
+            out[s0:s1] = attention(q[s0:s1], k[s0:s1], v[s0:s1], None, dq)
+    return out
+
+
+def qkv_varseqlen(qkv, cu, num_heads, type_id=1, s_qkv=None, s_ctx=None, dq_probs=DEFAULT_DQ_PROBS):
+    """QKV v2/v5 with var_seqlen=1. qkv [T, 3E, 1, 1]; attention within each cu_seqlens span only."""
+    T, E3 = qkv.shape[:2]
+    x = _quant_io(np.asarray(qkv, np.float32).reshape(T, E3), type_id, s_qkv)
+    out = _per_sequence(x, cu, num_heads, "N3H", dq_probs if type_id == 2 else None)
+    return at_precision(out, type_id, s_ctx).reshape(T, E3 // 3, 1, 1)
+
+
+def qkv_interleaved_int8(qkv, cu, num_heads, s_qkv, s_ctx, dq_probs=DEFAULT_DQ_PROBS):
+    """QKV v3/v6 (INT8 only). qkv [1, 3E, T, 1], channels [3, N, H] -> [1, E, T, 1]."""
+    E3, T = qkv.shape[1], qkv.shape[2]
+    x = fake_quant(np.asarray(qkv, np.float32).reshape(E3, T).T, s_qkv)
+    out = _per_sequence(x, cu, num_heads, "3NH", dq_probs)
+    out = fake_quant(out.reshape(T, E3 // 3), s_ctx)
+    return np.ascontiguousarray(out.T).reshape(1, E3 // 3, T, 1)
+
+
+# ---------------------------------------------------------------- SkipLayerNorm (§4.3)
+
+
+def skip_ln(x, skip, gamma, beta, bias=None, type_id=0, s_in=None, s_skip=None, s_out=None, eps=None):
+    """SkipLN v1/v5 and v2/v6: LN(x + skip (+ bias)) over each contiguous run of E = len(beta) values.
+
+    FP16 keeps gamma/beta/bias in FP16; INT8 quantizes inputs and output with their scales and keeps the
+    weights in FP16.
+    """
+    E = np.asarray(beta).size
+    shape = np.shape(x)
+    if np.shape(skip) != shape:
+        raise ValueError(f"SkipLayerNorm input {list(shape)} and skip {list(np.shape(skip))} differ")
+    wconv = round_fp16 if type_id in (1, 2) else (lambda t: np.asarray(t, np.float32))
+    a = at_precision(np.asarray(x, np.float32), type_id, s_in).reshape(-1, E)
+    s = at_precision(np.asarray(skip, np.float32), type_id, s_skip).reshape(-1, E)
+    total = a + s
+    if bias is not None:
+        total = total + wconv(bias)
+    eps = skip_ln_eps(E, type_id) if eps is None else eps
+    y = layer_norm(total, wconv(gamma), wconv(beta), eps)
+    return at_precision(y, type_id, s_out).reshape(shape)
+
+
+def skip_ln_interleaved(x, skip, gamma, beta, s_in, s_skip, s_out, mtron=False, s_sum=None):
+    """SkipLN v3/v7 (HFace) and v4/v8 (MTron), INT8 [1, E, T, 1]. MTron also returns the pre-LN sum."""
+    E, T = x.shape[1], x.shape[2]
+    a = fake_quant(np.asarray(x, np.float32).reshape(E, T).T, s_in)
+    s = fake_quant(np.asarray(skip, np.float32).reshape(E, T).T, s_skip)
+    total = a + s
+    y = fake_quant(layer_norm(total, round_fp16(gamma), round_fp16(beta), FP16_SKIP_EPS), s_out)
+    out = np.ascontiguousarray(y.T).reshape(1, E, T, 1)
+    if not mtron:
+        return out
+    if s_sum is None:
+        raise ValueError("the MTron SkipLayerNorm's second output needs its own scale")
+    return out, np.ascontiguousarray(fake_quant(total, s_sum).T).reshape(1, E, T, 1)

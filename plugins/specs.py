@@ -1,0 +1,540 @@
+"""One declarative spec per TensorRT BERT plugin and version, and ``validate`` for plugin nodes.
+
+The facts come from shared/specs/trt-bert-plugins.md (§3 versions, §4 fields/inputs/outputs, §5 parser
+mapping). A field's ``kind`` is the PluginField type the creator expects: ``int32`` (ONNX INT attribute),
+``float32`` (FLOAT) or ``weights`` (TENSOR of float32/float16; FLOATS also converts). A weight's
+``length`` is ``"E"`` (exactly the hidden size) or ``"k*E"`` (whole rows of E: a [k, E] table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx import TensorProto
+
+from bertrt.plugins.nodes import (EMB_LAYER_NORM, FC, GELU, PLUGIN_DOMAIN, QKV_TO_CONTEXT, SKIP_LAYER_NORM,
+                                  TYPE_FP16, TYPE_INT8, read_attrs)
+from bertrt.plugins.shapes import GraphInfo
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # "int32" | "float32" | "weights"
+    required: bool
+    default: object = None
+    length: str = "1"  # "1" (scalar), "E", "k*E"
+    choices: tuple | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    rank: int | None  # None: any rank
+    dtype: str  # "int32", "type_id", "output_fp16", "int8", "any"
+    layout: str
+    when: str = ""  # when the tensor is present, if not always
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    plugin: str
+    version: str
+    interface: str  # "IPluginV2DynamicExt" (legacy) or "IPluginV3"
+    variant: str
+    fields: tuple[FieldSpec, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    limits: tuple[str, ...] = ()
+    hidden_from: str | None = None  # the field whose value (int) or length (weights) is E
+    emitted: bool = True
+    why_not: str = ""
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.plugin, self.version
+
+
+# ---------------------------------------------------------------- EmbLayerNorm (§4.1)
+
+_EMB_WEIGHTS = (
+    FieldSpec("bert_embeddings_layernorm_beta", "weights", True, length="E", doc="LN beta; E is its length"),
+    FieldSpec("bert_embeddings_layernorm_gamma", "weights", True, length="E", doc="LN gamma"),
+    FieldSpec("bert_embeddings_word_embeddings", "weights", True, length="k*E", doc="[V, E] token table"),
+    FieldSpec("bert_embeddings_token_type_embeddings", "weights", True, length="k*E", doc="[Tt, E] segment table"),
+    FieldSpec("bert_embeddings_position_embeddings", "weights", True, length="k*E",
+              doc="[P, E] position table; P >= S"),
+)
+_OUTPUT_FP16 = FieldSpec("output_fp16", "int32", False, 0, choices=(0, 1), doc="1: output 0 in FP16")
+
+_EMB_FIXED = dict(
+    fields=_EMB_WEIGHTS + (
+        _OUTPUT_FP16,
+        FieldSpec("full_mask", "int32", False, 0, choices=(0, 1), doc="force the packed mask (deprecated)"),
+        FieldSpec("mha_type_id", "int32", False, 0, choices=(0, 1, 2), doc="type_id of the QKV plugin downstream"),
+    ),
+    inputs=(TensorSpec("input_ids", 2, "int32", "[S, B]"), TensorSpec("segment_ids", 2, "int32", "[S, B]"),
+            TensorSpec("input_mask", 2, "int32", "[S, B], contiguous 1s then 0s")),
+    outputs=(TensorSpec("embeddings", 5, "output_fp16", "[S, B, E, 1, 1]"),
+             TensorSpec("mask_idx", 2, "int32", "[B, 1] maskIdx = first zero of the mask (or packed [B, P])")),
+    limits=("S <= number of position rows", "ids in [0, V), segments in [0, Tt)",
+            "packed mask (P = 512/6144) only on GPU with mha_type_id in {1, 2} and S in {64, 96, 128, 384}"),
+    hidden_from="bert_embeddings_layernorm_beta",
+)
+_EMB_VAR_INPUTS = (TensorSpec("input_ids", 1, "int32", "[T] packed"), TensorSpec("segment_ids", 1, "int32", "[T]"),
+                   TensorSpec("cu_seqlens", 1, "int32", "[B + 1] prefix sums"),
+                   TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read"))
+_EMB_VAR = dict(fields=_EMB_WEIGHTS + (_OUTPUT_FP16,), inputs=_EMB_VAR_INPUTS,
+                limits=("positions restart at 0 per sequence; positions >= 384 are never computed",
+                        "FP16 or INT8 downstream only; SM 75+"),
+                hidden_from="bert_embeddings_layernorm_beta")
+_EMB_HFACE_OUT = (TensorSpec("embeddings", 4, "output_fp16", "[T, E, 1, 1]"),
+                  TensorSpec("unused", 0, "int32", "0-d, never written"))
+_EMB_MTRON_OUT = (TensorSpec("embeddings", 4, "output_fp16", "[T, E, 1, 1]"),
+                  TensorSpec("pre_ln_sum", 4, "output_fp16", "[T, E, 1, 1] word + token + position"))
+
+# ---------------------------------------------------------------- QKVToContext (§4.2)
+
+_TYPE_ID = FieldSpec("type_id", "int32", True, choices=(0, 1, 2), doc="0 FP32, 1 FP16, 2 INT8")
+_QKV_COMMON = (
+    _TYPE_ID,
+    FieldSpec("hidden_size", "int32", True, doc="E"),
+    FieldSpec("num_heads", "int32", True, doc="N; head size H = E / N"),
+    FieldSpec("has_mask", "int32", True, choices=(0, 1)),
+    FieldSpec("dq_probs", "float32", False, 1 / 127, doc="INT8 probability step"),
+)
+_QKV_FIXED = dict(
+    fields=_QKV_COMMON,
+    inputs=(TensorSpec("qkv", 5, "type_id", "[S, B, 3E, 1, 1], channels per head [N, 3, H]"),
+            TensorSpec("mask_idx", 2, "int32", "[B, P]: EmbLN v1/v6 output 1", when="has_mask=1")),
+    outputs=(TensorSpec("context", 5, "type_id", "[S, B, E, 1, 1]"),),
+    limits=("INT8 needs has_mask=1, H = 64, static S in {64, 96, 128, 384}",
+            "fused FP16 kernels need H = 64 and S in {64, 96, 128, 384}; otherwise unfused"),
+    hidden_from="hidden_size",
+)
+_QKV_VAR = dict(
+    fields=_QKV_COMMON + (
+        FieldSpec("var_seqlen", "int32", False, 0, choices=(0, 1), doc="1: packed tokens + cu_seqlens"),
+        FieldSpec("use_int8_scale_max", "int32", False, 1, choices=(0, 1)),
+    ),
+    inputs=(TensorSpec("qkv", None, "type_id", "var_seqlen=1: [T, 3E, 1, 1]; var_seqlen=0: [S, B, 3E, 1, 1]"),
+            TensorSpec("mask", None, "any", "var_seqlen=1: dummy (any); var_seqlen=0: 1-D int32 [B] maskIdx",
+                       when="has_mask=1"),
+            TensorSpec("cu_seqlens", 1, "int32", "[B + 1]", when="var_seqlen=1"),
+            TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read", when="var_seqlen=1")),
+    outputs=(TensorSpec("context", None, "type_id", "[T, E, 1, 1] or [S, B, E, 1, 1]"),),
+    limits=("var_seqlen=1: type_id FP16 or INT8, has_mask=1, H <= 64, maxS <= 512",
+            "var_seqlen=0: FP32/FP16 only (unfused)"),
+    hidden_from="hidden_size",
+)
+_QKV_INTERLEAVED = dict(
+    fields=(
+        FieldSpec("hidden_size", "int32", True, doc="E"),
+        FieldSpec("num_heads", "int32", True, doc="N; H must be 64"),
+        FieldSpec("dq_probs", "float32", False, 1 / 127),
+        FieldSpec("use_int8_scale_max", "int32", False, 1, choices=(0, 1)),
+        FieldSpec("use_explicit_int8", "int32", False, 0, choices=(0, 1)),
+        FieldSpec("input_qkv_scale", "float32", False, 1.0, doc="used iff use_explicit_int8=1"),
+        FieldSpec("output_ctx_scale", "float32", False, 1.0, doc="used iff use_explicit_int8=1"),
+    ),
+    inputs=(TensorSpec("qkv", 4, "int8", "[1, 3E, T, 1] CHW32, channels [3, N, H]"),
+            TensorSpec("cu_seqlens", 1, "int32", "[B + 1]"),
+            TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read")),
+    outputs=(TensorSpec("context", 4, "int8", "[1, E, T, 1] CHW32"),),
+    limits=("INT8 only", "H = 64 (BMM1 scale is hard-coded 1/8)", "maxS <= 384"),
+    hidden_from="hidden_size",
+)
+
+# ---------------------------------------------------------------- SkipLayerNorm (§4.3)
+
+_SKIP_WEIGHTS = (FieldSpec("beta", "weights", True, length="E"), FieldSpec("gamma", "weights", True, length="E"))
+_SKIP_BIAS = FieldSpec("bias", "weights", False, length="E", doc="added to input + skip")
+_SKIP_FIXED = dict(
+    fields=(_TYPE_ID, FieldSpec("ld", "int32", True, doc="E")) + _SKIP_WEIGHTS + (_SKIP_BIAS,),
+    inputs=(TensorSpec("input", 5, "type_id", "[S, B, E, 1, 1]"), TensorSpec("skip", 5, "type_id", "[S, B, E, 1, 1]")),
+    outputs=(TensorSpec("output", 5, "type_id", "[S, B, E, 1, 1]"),),
+    limits=("INT8 (type_id=2) only for E in {768, 1024}",),
+    hidden_from="ld",
+)
+_SKIP_VAR = dict(
+    fields=(_TYPE_ID,) + _SKIP_WEIGHTS + (_SKIP_BIAS,),
+    inputs=(TensorSpec("input", None, "type_id", "any shape, volume divisible by E; [T, E, 1, 1] in practice"),
+            TensorSpec("skip", None, "type_id", "same shape as input")),
+    outputs=(TensorSpec("output", None, "type_id", "same shape as input"),),
+    limits=("INT8 (type_id=2) only for E in {768, 1024}",),
+    hidden_from="beta",
+)
+_SKIP_IL_IN = (TensorSpec("input", 4, "int8", "[1, E, T, 1] CHW32"), TensorSpec("skip", 4, "int8", "[1, E, T, 1] CHW32"))
+_SKIP_HFACE = dict(fields=_SKIP_WEIGHTS, inputs=_SKIP_IL_IN,
+                   outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),),
+                   limits=("INT8 only", "E in {768, 1024, 1536, 2048}"), hidden_from="beta")
+_SKIP_MTRON = dict(fields=_SKIP_WEIGHTS, inputs=_SKIP_IL_IN,
+                   outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),
+                            TensorSpec("pre_ln_sum", 4, "int8", "[1, E, T, 1] input + skip")),
+                   limits=("INT8 only", "E in {768, 1024, 1536, 2048}"), hidden_from="beta")
+
+V2, V3 = "IPluginV2DynamicExt", "IPluginV3"
+
+_TABLE = [
+    (EMB_LAYER_NORM, "1", V2, "fixed length", {**_EMB_FIXED, "outputs": _EMB_FIXED["outputs"]}),
+    (EMB_LAYER_NORM, "2", V2, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
+    (EMB_LAYER_NORM, "3", V2, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}),
+    (EMB_LAYER_NORM, "4", V3, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
+    (EMB_LAYER_NORM, "5", V3, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}),
+    (EMB_LAYER_NORM, "6", V3, "fixed length", _EMB_FIXED),
+    (QKV_TO_CONTEXT, "1", V2, "fixed length", _QKV_FIXED),
+    (QKV_TO_CONTEXT, "2", V2, "var-seqlen capable", _QKV_VAR),
+    (QKV_TO_CONTEXT, "3", V2, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED),
+    (QKV_TO_CONTEXT, "4", V3, "fixed length", _QKV_FIXED),
+    (QKV_TO_CONTEXT, "5", V3, "var-seqlen capable", _QKV_VAR),
+    (QKV_TO_CONTEXT, "6", V3, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED),
+    (SKIP_LAYER_NORM, "1", V2, "fixed length", _SKIP_FIXED),
+    (SKIP_LAYER_NORM, "2", V2, "var-seqlen", _SKIP_VAR),
+    (SKIP_LAYER_NORM, "3", V2, "INT8 interleaved HFace", _SKIP_HFACE),
+    (SKIP_LAYER_NORM, "4", V2, "INT8 interleaved MTron", _SKIP_MTRON),
+    (SKIP_LAYER_NORM, "5", V3, "fixed length", _SKIP_FIXED),
+    (SKIP_LAYER_NORM, "6", V3, "var-seqlen", _SKIP_VAR),
+    (SKIP_LAYER_NORM, "7", V3, "INT8 interleaved HFace", _SKIP_HFACE),
+    (SKIP_LAYER_NORM, "8", V3, "INT8 interleaved MTron", _SKIP_MTRON),
+]
+
+_NOT_EMITTED = [
+    (FC, "1", V2, "FC without bias", dict(
+        fields=(FieldSpec("out_dims", "int32", True), FieldSpec("type_id", "int32", True, choices=(0, 1)),
+                FieldSpec("W", "weights", True, length="k*E")),
+        inputs=(TensorSpec("input", 5, "type_id", "[S, B, K, 1, 1]"),),
+        outputs=(TensorSpec("output", 5, "type_id", "[S, B, out_dims, 1, 1]"),)),
+     "deprecated since TensorRT 10.6 and never faster than a native MatMul, which TensorRT fuses itself"),
+    (GELU, "1", V2, "GELU (tanh form)", dict(
+        fields=(FieldSpec("type_id", "int32", True, choices=(0, 1)), FieldSpec("bias", "weights", False)),
+        inputs=(TensorSpec("input", None, "type_id", "any"),), outputs=(TensorSpec("output", None, "type_id", "any"),)),
+     "deprecated since TensorRT 9.0 and removed in 11.0; native elementwise GELU fuses as well"),
+]
+
+
+def _build() -> dict[tuple[str, str], PluginSpec]:
+    specs = {}
+    for plugin, version, iface, variant, d in _TABLE:
+        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, d["fields"], d["inputs"], d["outputs"],
+                                            d.get("limits", ()), d.get("hidden_from"))
+    for plugin, version, iface, variant, d, why in _NOT_EMITTED:
+        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, d["fields"], d["inputs"], d["outputs"],
+                                            emitted=False, why_not=why)
+    return specs
+
+
+SPECS: dict[tuple[str, str], PluginSpec] = _build()
+
+
+def get_spec(plugin: str, version: str | int) -> PluginSpec | None:
+    return SPECS.get((plugin, str(version)))
+
+
+def versions(plugin: str) -> list[str]:
+    return sorted(v for p, v in SPECS if p == plugin)
+
+
+# ---------------------------------------------------------------- validation
+
+_FLOAT_TENSORS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+
+
+def field_values(spec: PluginSpec, node) -> dict[str, object]:
+    """The node's field values with the spec's defaults filled in (weights as flat float32 arrays)."""
+    import numpy as np
+
+    attrs = read_attrs(node)
+    out = {}
+    for f in spec.fields:
+        a = attrs.get(f.name)
+        if a is None:
+            out[f.name] = f.default
+        elif f.kind == "weights":
+            out[f.name] = np.asarray(a.value, dtype=np.float32).ravel()
+        elif f.kind == "int32":
+            out[f.name] = int(a.value) if a.kind == "INT" else a.value
+        else:
+            out[f.name] = float(a.value) if a.kind == "FLOAT" else a.value
+    return out
+
+
+def validate(node, graph=None) -> list[str]:
+    """Every problem TensorRT's parser or plugin would have with this node, each with its reason.
+
+    ``node`` is an onnx NodeProto or an onnx-graphsurgeon Node; ``graph`` (a ModelProto, GraphProto or
+    gs.Graph) adds checks of input ranks, dtypes and producers, and of the model's opset_import.
+    An empty list means the node is valid.
+    """
+    proto_op = node.op_type if hasattr(node, "op_type") else node.op
+    domain = node.domain
+    attrs = read_attrs(node)
+    problems: list[str] = []
+    if domain != PLUGIN_DOMAIN:
+        problems.append(f"domain is '{domain}', expected '{PLUGIN_DOMAIN}' (declared in opset_import)")
+    info = GraphInfo.of(graph) if graph is not None else None
+    if info is not None and info.domains is not None and PLUGIN_DOMAIN not in info.domains:
+        problems.append(f"the model's opset_import does not declare the domain '{PLUGIN_DOMAIN}'")
+
+    ns = attrs.get("plugin_namespace")
+    if ns is None:
+        problems.append("missing plugin_namespace (STRING attribute, normally '')")
+    elif ns.kind != "STRING":
+        problems.append(f"plugin_namespace is {ns.kind}, must be a STRING")
+    ver = attrs.get("plugin_version")
+    if ver is None:
+        problems.append("missing plugin_version (STRING attribute); TensorRT would silently take version '1'")
+        return problems
+    if ver.kind != "STRING":
+        problems.append(f"plugin_version is {ver.kind}, must be a STRING (TensorRT reads it as a string and "
+                        "would find no plugin)")
+        return problems
+    spec = get_spec(proto_op, ver.value)
+    if spec is None:
+        known = ", ".join(versions(proto_op)) or "none: not a TensorRT BERT plugin"
+        problems.append(f"{proto_op} has no version '{ver.value}' (known: {known})")
+        return problems
+    if not spec.emitted:
+        problems.append(f"{spec.plugin} is not emitted by bertrt: {spec.why_not}")
+        return problems
+
+    soft, fatal = _check_fields(spec, attrs)
+    problems += soft + fatal
+    if fatal:
+        return problems  # the rules below read field values that are absent or of the wrong type
+    values = field_values(spec, node)
+    E = _hidden(spec, values)
+    problems += _check_lengths(spec, values, E)
+    inputs = [t if isinstance(t, str) else t.name for t in node.inputs] if not hasattr(node, "input") \
+        else list(node.input)
+    outputs = [t if isinstance(t, str) else t.name for t in node.outputs] if not hasattr(node, "output") \
+        else list(node.output)
+    problems += _RULES[spec.plugin](spec, values, E, inputs, outputs, info)
+    return problems
+
+
+def _check_fields(spec: PluginSpec, attrs) -> tuple[list[str], list[str]]:
+    """(problems the later rules can live with, problems that make field values unreadable)."""
+    soft, problems = [], []
+    for name, a in attrs.items():
+        if name in ("plugin_version", "plugin_namespace"):
+            continue
+        if spec.field(name) is None:
+            soft.append(f"attribute {name} is not a field of {spec.plugin} v{spec.version}; "
+                            "TensorRT would silently ignore it")
+    for f in spec.fields:
+        a = attrs.get(f.name)
+        if a is None:
+            if f.required:
+                problems.append(f"missing required field {f.name} ({_kind_text(f)})")
+            continue
+        if f.kind == "int32" and a.kind != "INT":
+            problems.append(f"field {f.name} is {a.kind}, must be INT (an int32 field)")
+        elif f.kind == "float32" and a.kind != "FLOAT":
+            problems.append(f"field {f.name} is {a.kind}, must be FLOAT (a float32 field)")
+        elif f.kind == "weights":
+            if a.kind == "TENSOR" and a.tensor_dtype not in _FLOAT_TENSORS:
+                problems.append(f"field {f.name} is a {TensorProto.DataType.Name(a.tensor_dtype)} tensor, "
+                                "must be float32 or float16 weights")
+            elif a.kind not in ("TENSOR", "FLOATS"):
+                problems.append(f"field {f.name} is {a.kind}, must be a TENSOR of float32 or float16 weights")
+        elif f.choices is not None and a.kind == "INT" and a.value not in f.choices:
+            soft.append(f"field {f.name} = {a.value}, must be one of {list(f.choices)}")
+    return soft, problems
+
+
+def _kind_text(f: FieldSpec) -> str:
+    return {"int32": "INT", "float32": "FLOAT", "weights": "TENSOR float32/float16"}[f.kind]
+
+
+def _hidden(spec: PluginSpec, values) -> int | None:
+    v = values.get(spec.hidden_from)
+    if v is None:
+        return None
+    return int(v.size) if hasattr(v, "size") else int(v)
+
+
+def _check_lengths(spec: PluginSpec, values, E) -> list[str]:
+    problems = []
+    if not E or E <= 0:
+        return [f"hidden size from {spec.hidden_from} is {E}, must be > 0"]
+    for f in spec.fields:
+        w = values.get(f.name)
+        if f.kind != "weights" or w is None:
+            continue
+        if f.length == "E" and w.size != E:
+            problems.append(f"weight {f.name} has {w.size} values, expected E = {E} (from {spec.hidden_from})")
+        elif f.length == "k*E" and (w.size == 0 or w.size % E):
+            problems.append(f"weight {f.name} has {w.size} values, not whole rows of E = {E}")
+    return problems
+
+
+# ---------------------------------------------------------------- per-plugin rules
+
+
+def _count(spec, inputs, outputs, n_in: int, n_out_max: int) -> list[str]:
+    problems = []
+    if len(inputs) != n_in:
+        problems.append(f"{spec.plugin} v{spec.version} takes {n_in} inputs here, the node has {len(inputs)}")
+    if any(name == "" for name in inputs):
+        problems.append("an input name is empty; TensorRT would pass a null tensor")
+    if len(outputs) > n_out_max:
+        problems.append(f"{spec.plugin} v{spec.version} has {n_out_max} outputs, the node declares {len(outputs)}")
+    return problems
+
+
+def _rank(info, name, rank, what) -> list[str]:
+    r = info.rank(name) if info else None
+    if r is not None and rank is not None and r != rank:
+        return [f"{what} {name} has rank {r}, expected rank {rank}"]
+    return []
+
+
+def _int32(info, name, what) -> list[str]:
+    dt = info.dtype(name) if info else None
+    if dt is not None and dt != "int32":
+        return [f"{what} {name} is {dt}, expected int32"]
+    return []
+
+
+def _emb_rules(spec, v, E, inputs, outputs, info) -> list[str]:
+    problems = _count(spec, inputs, outputs, len(spec.inputs), len(spec.outputs))
+    if len(inputs) != len(spec.inputs):
+        return problems
+    fixed = spec.version in ("1", "6")
+    for i, t in enumerate(spec.inputs):
+        problems += _rank(info, inputs[i], t.rank, f"input {i} ({t.name})")
+        if t.dtype == "int32" and info is not None:
+            dt = info.dtype(inputs[i])
+            if dt is not None and dt not in ("int32", "int64"):  # the parser casts int64 for this plugin
+                problems.append(f"input {i} ({t.name}) {inputs[i]} is {dt}, expected int32")
+    if fixed and info is not None:
+        S = info.dim(inputs[0], 0)
+        P = v["bert_embeddings_position_embeddings"].size // E
+        if isinstance(S, int) and S > P:
+            problems.append(f"sequence length {S} exceeds the {P} position embeddings")
+    return problems
+
+
+def _qkv_rules(spec, v, E, inputs, outputs, info) -> list[str]:
+    problems = []
+    N = v["num_heads"]
+    if N <= 0 or E % N:
+        return [f"hidden_size {E} is not divisible by num_heads {N}"]
+    H = E // N
+    if v.get("dq_probs") is not None and v["dq_probs"] <= 0:
+        problems.append(f"dq_probs = {v['dq_probs']}, must be > 0")
+    if spec.version in ("3", "6"):
+        if H != 64:
+            problems.append(f"head size {H}: the interleaved INT8 kernel hard-codes H = 64")
+        for s in ("input_qkv_scale", "output_ctx_scale"):
+            if v[s] <= 0:
+                problems.append(f"{s} = {v[s]}, must be > 0")
+        problems += _count(spec, inputs, outputs, 3, 1)
+        if not problems:
+            problems += _rank(info, inputs[0], 4, "input 0 (qkv)") + _int32(info, inputs[1], "input 1 (cu_seqlens)")
+            problems += _max_seqlen(info, inputs[2], 384)
+        return problems
+
+    var = spec.version in ("2", "5") and v["var_seqlen"] == 1
+    if var:
+        if v["type_id"] not in (TYPE_FP16, TYPE_INT8):
+            problems.append("var_seqlen=1 needs type_id FP16 (1) or INT8 (2); FP32 asserts")
+        if v["has_mask"] != 1:
+            problems.append("var_seqlen=1 needs has_mask=1 (the plugin asserts exactly 4 inputs)")
+        if H > 64:
+            problems.append(f"head size {H} > 64 is not supported with var_seqlen=1")
+        problems += _count(spec, inputs, outputs, 4, 1)
+        if len(inputs) == 4:
+            problems += _rank(info, inputs[0], 4, "input 0 (qkv)")
+            problems += _int32(info, inputs[2], "input 2 (cu_seqlens)") + _rank(info, inputs[2], 1, "input 2")
+            problems += _max_seqlen(info, inputs[3], 512)
+        return problems
+
+    if v["type_id"] == TYPE_INT8 and spec.version in ("2", "5"):
+        problems.append("var_seqlen=0 runs the unfused path, which has no INT8 (type_id=2 asserts)")
+    if v["type_id"] == TYPE_INT8 and v["has_mask"] != 1:
+        problems.append("INT8 needs has_mask=1 (only the fused kernels run INT8)")
+    problems += _count(spec, inputs, outputs, 1 + v["has_mask"], 1)
+    if len(inputs) != 1 + v["has_mask"]:
+        return problems
+    problems += _rank(info, inputs[0], 5, "input 0 (qkv)")
+    if info is not None:
+        d2 = info.dim(inputs[0], 2)
+        if isinstance(d2, int) and d2 != 3 * E:
+            problems.append(f"input 0 (qkv) has {d2} channels, expected 3 * hidden_size = {3 * E}")
+    if v["has_mask"]:
+        mask = inputs[1]
+        want = 2 if spec.version in ("1", "4") else 1
+        layout = "[B, P] (EmbLN v1/v6 output 1)" if want == 2 else "1-D [B] maskIdx"
+        problems += _int32(info, mask, "mask input")
+        r = info.rank(mask) if info else None
+        if r is None and info is not None:
+            r = _producer_rank(info, mask)
+        if r is not None and r != want:
+            problems.append(f"mask input {mask} has rank {r}; {spec.plugin} v{spec.version} "
+                            f"{'' if want == 2 else 'with var_seqlen=0 '}takes a {layout}")
+        if info is not None:
+            prod = info.producer(mask)
+            if prod is not None and _is(prod, EMB_LAYER_NORM):
+                pv = read_attrs(prod)
+                mha = pv["mha_type_id"].value if "mha_type_id" in pv else 0
+                if mha != v["type_id"]:
+                    problems.append(f"the EmbLayerNorm producing {mask} has mha_type_id {mha} but this node's "
+                                    f"type_id is {v['type_id']}; they must be equal (it decides the mask format)")
+    return problems
+
+
+def _skip_rules(spec, v, E, inputs, outputs, info) -> list[str]:
+    problems = _count(spec, inputs, outputs, 2, len(spec.outputs))
+    if spec.version in ("1", "2", "5", "6") and v["type_id"] == TYPE_INT8 and E not in (768, 1024):
+        problems.append(f"INT8 SkipLayerNorm supports only E in {{768, 1024}}, E is {E}")
+    if spec.version in ("3", "4", "7", "8") and E not in (768, 1024, 1536, 2048):
+        problems.append(f"interleaved SkipLayerNorm supports only E in {{768, 1024, 1536, 2048}}, E is {E}")
+    if len(inputs) != 2 or info is None:
+        return problems
+    rank = spec.inputs[0].rank
+    for i in range(2):
+        problems += _rank(info, inputs[i], rank, f"input {i}")
+    s0, s1 = info.shape(inputs[0]), info.shape(inputs[1])
+    if s0 is not None and s1 is not None and len(s0) == len(s1):
+        for a, b in zip(s0, s1):
+            if isinstance(a, int) and isinstance(b, int) and a != b:
+                problems.append(f"input and skip shapes differ: {list(s0)} vs {list(s1)}")
+                break
+    hd = {"1": 2, "5": 2, "3": 1, "4": 1, "7": 1, "8": 1}.get(spec.version)
+    if hd is not None and s0 is not None and len(s0) > hd and isinstance(s0[hd], int) and s0[hd] != E:
+        problems.append(f"input 0 has hidden size {s0[hd]} at dim {hd}, but the weights have E = {E}")
+    return problems
+
+
+def _max_seqlen(info, name, limit) -> list[str]:
+    if info is None:
+        return []
+    d = info.dim(name, 0)
+    if isinstance(d, int) and d > limit:
+        return [f"max_seqlen {name} is {d} long; this plugin supports at most {limit}"]
+    return []
+
+
+def _is(node, plugin) -> bool:
+    return (node.op_type if hasattr(node, "op_type") else node.op) == plugin
+
+
+def _producer_rank(info, name) -> int | None:
+    """Rank of a plugin output whose shape the graph does not record, from the producer's spec."""
+    prod = info.producer(name)
+    if prod is None or not _is(prod, EMB_LAYER_NORM):
+        return None
+    ver = read_attrs(prod).get("plugin_version")
+    spec = get_spec(EMB_LAYER_NORM, ver.value) if ver is not None and ver.kind == "STRING" else None
+    outs = list(prod.output) if hasattr(prod, "output") else [t.name for t in prod.outputs]
+    if spec is None or name not in outs:
+        return None
+    return spec.outputs[outs.index(name)].rank
+
+
+_RULES = {EMB_LAYER_NORM: _emb_rules, QKV_TO_CONTEXT: _qkv_rules, SKIP_LAYER_NORM: _skip_rules}

@@ -1,0 +1,232 @@
+"""Compare two graphs' outputs on the same inputs through Polygraphy's Comparator.
+
+Each graph runs on the backend it needs: ONNX Runtime for standard graphs, bertrt's CPU reference
+(``BertrtRefRunner``) for graphs with TensorRT plugin nodes. Inputs are random but valid for a BERT QA
+model (ids in [0, vocab), segments in {0, 1}, contiguous masks of random lengths) or loaded from a
+Polygraphy inputs JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from bertrt.errors import BertrtError
+from bertrt.onnx_io import load_model
+from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, is_plugin_node
+from bertrt.plugins.runner import has_plugin_nodes
+
+# Default tolerances per precision: fp32 is the references' float32 rounding; fp16 the plugins' FP16
+# rounding at their boundaries; int8 the fake-quantization error of a calibrated model's logits.
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (2.5e-1, 2.5e-1)}
+DEFAULT_SEQ = 128
+SEG_NAMES = ("segment_ids", "token_type_ids")
+MASK_NAMES = ("input_mask", "attention_mask")
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    passed: bool
+
+
+@dataclass
+class CompareResult:
+    passed: bool
+    outputs: list[OutputDiff]
+    atol: float
+    rtol: float
+    precision: str
+    backends: tuple[str, str]
+    iterations: int
+    only_in: dict[str, list[str]] = field(default_factory=dict)  # outputs one graph has and the other not
+
+    def table(self) -> str:
+        lines = [f"{'output':<24} {'max abs':>12} {'max rel':>12} {'mean abs':>12}  verdict"]
+        for o in self.outputs:
+            lines.append(f"{o.name:<24} {o.max_abs:>12.4e} {o.max_rel:>12.4e} {o.mean_abs:>12.4e}  "
+                         f"{'PASS' if o.passed else 'FAIL'}")
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: atol {self.atol:g}, rtol {self.rtol:g}; "
+                     f"{self.backends[0]} vs {self.backends[1]}; {self.iterations} iteration(s))")
+        return "\n".join(lines)
+
+
+def vocab_size(model: onnx.ModelProto) -> int | None:
+    """Rows of the word-embedding table: from an EmbLN node, or the Gather that reads input_ids."""
+    g = model.graph
+    for n in g.node:
+        if n.op_type == EMB_LAYER_NORM:
+            attrs = {a.name: a for a in n.attribute}
+            word, beta = attrs.get("bert_embeddings_word_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
+            if word is not None and beta is not None:
+                E = int(np.prod(beta.t.dims)) or 1
+                return int(np.prod(word.t.dims)) // E
+    inits = {t.name: t for t in g.initializer}
+    ids_name = _find_input(model, ("input_ids",))
+    reach = {ids_name} if ids_name else set()
+    for n in g.node:  # follow Cast / Identity / Unsqueeze etc. from input_ids to the first Gather
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in reach and n.input[0] in inits:
+            return int(inits[n.input[0]].dims[0])
+        if n.op_type != "Gather" and any(i in reach for i in n.input):
+            reach.update(n.output)
+    return None
+
+
+_INT8_ONLY = {(QKV_TO_CONTEXT, "3"), (QKV_TO_CONTEXT, "6")} | {(SKIP_LAYER_NORM, v) for v in "3478"}
+
+
+def plugin_precision(model: onnx.ModelProto) -> str:
+    """The lowest precision any plugin node runs in: "int8", "fp16" or "fp32" (also for no plugins)."""
+    found = "fp32"
+    for n in model.graph.node:
+        if not is_plugin_node(n):
+            continue
+        ints = {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}
+        version = next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
+        if ints.get("type_id") == 2 or (n.op_type, version) in _INT8_ONLY:
+            return "int8"
+        if ints.get("type_id") == 1 or ints.get("output_fp16") == 1:
+            found = "fp16"
+    return found
+
+
+def _find_input(model, names) -> str | None:
+    ins = {vi.name for vi in model.graph.input} - {t.name for t in model.graph.initializer}
+    return next((n for n in names if n in ins), None)
+
+
+def _input_specs(model):
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        out.append((vi.name, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
+    return out
+
+
+def random_inputs(model: onnx.ModelProto, batch: int = 1, seq: int | None = None, seed: int = 0,
+                  iterations: int = 1, vocab: int | None = None, path=None) -> list[dict[str, np.ndarray]]:
+    """Valid BERT QA inputs for the model's [batch, seq] inputs: ids, segments in {0, 1}, prefix masks."""
+    vocab = vocab or vocab_size(model)
+    if vocab is None:
+        raise BertrtError("cannot tell the vocabulary size (no EmbLayerNorm node and no word-embedding Gather on "
+                          "input_ids); pass --load-inputs", path)
+    rng = np.random.default_rng(seed)
+    specs = _input_specs(model)
+    feeds = []
+    for _ in range(iterations):
+        feed = {}
+        for name, dtype, dims in specs:
+            if len(dims) != 2:
+                raise BertrtError(f"input {name} has rank {len(dims)}; random inputs need [batch, seq] inputs "
+                                  "(use --load-inputs)", path)
+            S = _resolve(dims[1], seq, "sequence length", name, path)
+            B = _resolve(dims[0], batch, "batch", name, path)
+            if name in MASK_NAMES:
+                lengths = rng.integers(1, S + 1, size=B)
+                arr = (np.arange(S)[None, :] < lengths[:, None])
+            elif name in SEG_NAMES:
+                arr = rng.integers(0, 2, size=(B, S))
+            else:
+                arr = rng.integers(0, vocab, size=(B, S))
+            feed[name] = arr.astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def _resolve(static, wanted, what, name, path):
+    if static:
+        if wanted is not None and wanted != static:
+            raise BertrtError(f"input {name} has a fixed {what} of {static}, not {wanted}", path)
+        return static
+    return wanted if wanted is not None else DEFAULT_SEQ
+
+
+def load_inputs(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+    """Feed dicts from a Polygraphy inputs JSON (``polygraphy run --save-inputs``)."""
+    from polygraphy.json import load_json
+
+    p = Path(path)
+    if not p.is_file():
+        raise BertrtError("no such file", p)
+    try:
+        data = load_json(os.fspath(p))
+    except Exception as e:  # Polygraphy raises several types for a bad file
+        raise BertrtError(f"not a Polygraphy inputs JSON: {str(e).splitlines()[0] if str(e) else type(e).__name__}", p)
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
+        raise BertrtError("not a Polygraphy inputs JSON (expected a list of name -> array)", p)
+    return [{k: np.asarray(v) for k, v in d.items()} for d in data]
+
+
+def _runner(model: onnx.ModelProto, label: str, amax):
+    if has_plugin_nodes(model):
+        from bertrt.plugins.poly_runner import BertrtRefRunner
+
+        return BertrtRefRunner(model, amax=amax, name=f"{label}:bertrt-ref"), "bertrt-ref"
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(model.SerializeToString(), providers=["CPUExecutionProvider"]),
+                        name=f"{label}:onnxrt"), "onnxrt"
+
+
+def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 0, iterations: int = 1,
+                   precision: str | None = None, atol: float | None = None, rtol: float | None = None,
+                   inputs: list[dict] | str | os.PathLike | None = None,
+                   amax: dict[str, float] | None = None) -> CompareResult:
+    """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs.
+
+    Inputs are random (see ``random_inputs``) unless ``inputs`` gives feed dicts or a Polygraphy JSON
+    path. Tolerances default by precision (``TOLERANCES``); with no precision it is read from the
+    plugin nodes' types (``plugin_precision``). ``amax`` carries INT8 ranges for plugins.
+    """
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    path_a = None if isinstance(a, onnx.ModelProto) else a
+    ma = a if isinstance(a, onnx.ModelProto) else load_model(a)
+    mb = b if isinstance(b, onnx.ModelProto) else load_model(b)
+    if precision is None:
+        precision = max(plugin_precision(ma), plugin_precision(mb), key=list(TOLERANCES).index)
+    if precision not in TOLERANCES:
+        raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
+    d_atol, d_rtol = TOLERANCES[precision]
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    names_a = [o.name for o in ma.graph.output]
+    names_b = [o.name for o in mb.graph.output]
+    common = [n for n in names_a if n in names_b]
+    if not common:
+        raise BertrtError(f"the graphs share no output name ({', '.join(names_a)} vs {', '.join(names_b)})", path_a)
+    if inputs is None:
+        feeds = random_inputs(ma, batch, seq, seed, iterations, vocab=vocab_size(ma) or vocab_size(mb), path=path_a)
+    elif isinstance(inputs, (str, os.PathLike)):
+        feeds = load_inputs(inputs)
+    else:
+        feeds = list(inputs)
+    ra, ka = _runner(ma, "A", amax)
+    rb, kb = _runner(mb, "B", amax)
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
+        results = Comparator.run([ra, rb], data_loader=feeds)
+        acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    per_iter = next(iter(acc[0].values()))
+    diffs = []
+    for name in common:
+        rs = [it[name] for it in per_iter if name in it]
+        diffs.append(OutputDiff(name, max(r.max_absdiff for r in rs), max(r.max_reldiff for r in rs),
+                                float(np.mean([r.mean_absdiff for r in rs])), all(bool(r) for r in rs)))
+    only = {k: v for k, v in (("A", [n for n in names_a if n not in common]),
+                              ("B", [n for n in names_b if n not in common])) if v}
+    return CompareResult(all(d.passed for d in diffs), diffs, atol, rtol, precision, (ka, kb), len(feeds), only)

@@ -1,0 +1,100 @@
+"""Read SQuAD v1.1 JSON (data → paragraphs → context, qas → id, question, answers) into examples."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertrt.errors import BertrtError
+from bertrt.run.features import split_doc_words
+
+
+@dataclass
+class Answer:
+    text: str
+    answer_start: int  # character offset in the context
+
+
+@dataclass
+class SquadExample:
+    qas_id: str
+    question_text: str
+    context_text: str
+    doc_words: list[str]
+    answers: list[Answer] = field(default_factory=list)
+    title: str = ""
+    # Word indices of the first answer in doc_words (None when there is no answer).
+    start_position: int | None = None
+    end_position: int | None = None
+
+
+def _get(obj, key: str, kind, where: str, path: Path):
+    if not isinstance(obj, dict):
+        raise BertrtError(f"{where} is a {type(obj).__name__}, expected an object", path)
+    if key not in obj:
+        raise BertrtError(f"{where} has no '{key}' key", path)
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BertrtError(f"{where}['{key}'] is a {type(value).__name__}, expected {names}", path)
+    return value
+
+
+def load_json(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise BertrtError("SQuAD file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise BertrtError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    except json.JSONDecodeError as e:
+        raise BertrtError(f"not JSON: {e.msg} at line {e.lineno} column {e.colno}", path) from None
+
+
+def examples_from_dataset(dataset, path: str | os.PathLike = "<data>", *,
+                          check_answers: bool = True) -> list[SquadExample]:
+    """Examples of a parsed SQuAD document, in file order.
+
+    With check_answers, every answer's text must sit at its answer_start in the context.
+    """
+    path = Path(path)
+    data = _get(dataset, "data", list, "the top level", path)
+    examples = []
+    for a, article in enumerate(data):
+        where = f"data[{a}]"
+        paragraphs = _get(article, "paragraphs", list, where, path)
+        title = article.get("title", "")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = _get(paragraph, "context", str, where, path)
+            qas = _get(paragraph, "qas", list, where, path)
+            doc_words, char_to_word = split_doc_words(context)
+            for q, qa in enumerate(qas):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                qas_id = str(_get(qa, "id", (str, int), where, path))
+                question = _get(qa, "question", str, where, path)
+                answers = []
+                for n, answer in enumerate(_get(qa, "answers", list, where, path)):
+                    where_n = f"{where}.answers[{n}] (id {qas_id})"
+                    text = _get(answer, "text", str, where_n, path)
+                    start = _get(answer, "answer_start", int, where_n, path)
+                    if check_answers and (start < 0 or context[start:start + len(text)] != text or not text):
+                        found = context[max(start, 0):max(start, 0) + len(text)]
+                        raise BertrtError(f"{where_n}: answer {text!r} is not at answer_start {start} of the "
+                                          f"context (found {found!r})", path)
+                    answers.append(Answer(text, start))
+                example = SquadExample(qas_id, question, context, doc_words, answers, title)
+                if answers and check_answers:
+                    first = answers[0]
+                    example.start_position = char_to_word[first.answer_start]
+                    example.end_position = char_to_word[first.answer_start + len(first.text) - 1]
+                examples.append(example)
+    return examples
+
+
+def read_squad(path: str | os.PathLike, *, check_answers: bool = True) -> list[SquadExample]:
+    """Examples of a SQuAD v1.1 file; a BertrtError naming the file for anything malformed."""
+    return examples_from_dataset(load_json(path), path, check_answers=check_answers)
