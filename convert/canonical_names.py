@@ -81,7 +81,12 @@ def canonicalize(model: onnx.ModelProto, keep_names=lambda name: False) -> None:
     g.node.extend(new_nodes)
     del g.initializer[:]
     g.initializer.extend(sorted_inits)
+    infos = [vi for vi in g.value_info if vi.name in rename or vi.name in keep]
+    for vi in infos:
+        vi.name = rename.get(vi.name, vi.name)
+    infos = sorted((onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in infos), key=lambda v: v.name)
     del g.value_info[:]
+    g.value_info.extend(infos)
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> bytes:

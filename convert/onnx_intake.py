@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
-from bertrt.sanitize import QDQ_OPS, sanitize
+from bertrt.sanitize import QDQ_OPS, import_with_shapes, sanitize
 
 INPUTS = ("input_ids", "segment_ids", "input_mask")
 # Names exporters and model hubs give the three inputs (compared lower-case, without a ':0' suffix).
@@ -33,7 +33,7 @@ ID_DTYPES = (np.int32, np.int64)
 MASK_DTYPES = (np.int32, np.int64, np.float32, np.float16, np.bool_)
 # Ops an exporter puts between a token-id input and its embedding Gather.
 ID_PASSTHROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Clip"}
-# Produce an embedding table that is a constant (possibly quantized) rather than an activation.
+# Ops between a constant embedding table and its Gather (a quantized table comes through DequantizeLinear).
 TABLE_PRODUCERS = {"Constant", "DequantizeLinear", "Identity", "Cast"}
 POOLER_WORDS = ("pool",)
 
@@ -44,8 +44,7 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     model = load_model(src)
     nodes_before = len(model.graph.node)
     qdq_before = _count_qdq(model)
-    model = _with_shapes(model)
-    graph = gs.import_onnx(model)
+    graph = import_with_shapes(model)
     opset = _default_opset(model)
 
     report = {"renamed": {}, "cast": {}, "joined": [], "added": [], "dropped": [], "output": None}
@@ -251,12 +250,6 @@ def _check_contract(model: onnx.ModelProto, src: Path) -> None:
             or outs[0] not in ("logits", "hidden_states") \
             or model.graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise BertrtError(f"internal: converted model is not canonical (inputs {names}, outputs {outs})", src)
-
-
-def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    from polygraphy.backend.onnx import infer_shapes
-
-    return infer_shapes(model, allow_onnxruntime=False)
 
 
 def _clear_inner_shapes(graph: gs.Graph) -> None:

@@ -118,11 +118,9 @@ def _bind_canonical(model: onnx.ModelProto, weights: dict, names: list[str], seq
 
 
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnx_graphsurgeon as gs
+    from bertrt.sanitize import sanitize
 
-    graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup().toposort()
-    return gs.export_onnx(graph)
+    return sanitize(model)
 
 
 def random_feeds(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -160,3 +160,41 @@ def test_oracle_logits_answer_the_sample_file(tok, seq, stride):
         assert windows > 2 * len(examples)  # the short sequence really makes several windows per example
     assert evaluate(examples, predictions)["exact_match"] == 100.0, predictions
     assert predictions == {e.qas_id: e.answers[0].text for e in examples}  # casing and punctuation too
+
+
+def test_canonical_model_logits_to_answers(tok, tiny_onnx):
+    """Sample file → features → the canonical tiny model on ONNX Runtime → answers.
+
+    With n_best_size = seq every pair is considered, so the best answer must be the best valid pair of a
+    brute-force float64 loop over all pairs of all windows.
+    """
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from bertrt.run.features import examples_features, stack_features
+    from bertrt.run.squad_data import read_squad
+    from bertrt.run.squad_metric import evaluate
+
+    seq = 128
+    examples = read_squad(Path(__file__).parent / "data" / "squad_sample.json")
+    all_features = examples_features(tok, examples, max_seq_length=seq, doc_stride=32)
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    predictions = {}
+    for example, features in zip(examples, all_features):
+        (logits,) = session.run(["logits"], stack_features(features))
+        assert logits.shape == (len(features), seq, 2)
+        starts, ends = logits[..., 0], logits[..., 1]
+        prediction = predict_answer(example.doc_words, features, starts, ends, n_best_size=seq)
+        best = max(float(s[a]) + float(e[b])
+                   for f, s, e in zip(features, starts.astype(np.float64), ends.astype(np.float64))
+                   for a in f.token_to_orig_map for b in f.token_to_orig_map
+                   if f.token_is_max_context[a] and a <= b < a + 30)
+        top = prediction.nbest[0]
+        assert top.start_logit + top.end_logit == pytest.approx(best, abs=1e-6)
+        # answers are cut from the passage's words joined by single spaces (U+202F becomes a space)
+        assert prediction.text in " ".join(example.doc_words)
+        assert sum(c.probability for c in prediction.nbest) == pytest.approx(1.0)
+        predictions[example.qas_id] = prediction.text
+    result = evaluate(examples, predictions)
+    assert result["total"] == 12 and result["unanswered"] == 0
