@@ -10,12 +10,17 @@ them; the explicit exclusion keeps that true whatever its version does.)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from polygraphy.backend.onnx import infer_shapes
+from onnx import helper
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Initializers up to this many elements keep their values for shape inference (shape-like tensors).
+SHAPE_VALUE_ELEMENTS = 4096
 
 
 def sanitize(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelProto:
@@ -24,18 +29,68 @@ def sanitize(model: onnx.ModelProto, stats: dict | None = None) -> onnx.ModelPro
     If ``stats`` is given it is filled with what changed: ``{"Identity": n, "Dropout": n,
     "nodes_before": n, "nodes_after": n}``.
     """
-    graph = gs.import_onnx(_infer(model))
+    graph = import_with_shapes(model)
     graph.toposort()
     removed = remove_noops(graph)
     graph.fold_constants(should_exclude_node=lambda node: node.op in QDQ_OPS)
     graph.cleanup().toposort()
+    result = gs.export_onnx(graph)  # keeps ir_version, producer and opsets; not the model's metadata
+    result.metadata_props.extend(model.metadata_props)
     # Folding can make shapes known that were not (e.g. a Reshape whose shape was computed).
-    graph = gs.import_onnx(_infer(_export(graph, model)))
-    graph.cleanup().toposort()
-    result = _export(graph, model)
+    _store_shapes(result, infer_shapes(result))
     if stats is not None:
         stats.update(removed, nodes_before=len(model.graph.node), nodes_after=len(result.graph.node))
     return result
+
+
+def import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
+    """onnx-graphsurgeon's graph of ``model`` with every shape ONNX shape inference can give."""
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    edges = {t.name for t in graph.inputs}
+    for info in infer_shapes(model):
+        tensor = tensors.get(info.name)
+        if isinstance(tensor, gs.Variable) and info.name not in edges and info.type.HasField("tensor_type"):
+            tensor.dtype = get_onnx_tensor_dtype(info)
+            tensor.shape = get_onnx_tensor_shape(info)
+    return graph
+
+
+def infer_shapes(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """ONNX shape inference on a copy without the weights; returns value_info and outputs.
+
+    Shapes only need the weights' shapes, and serializing BERT-Large's weights into the shape
+    inferencer costs seconds and gigabytes (and fails past protobuf's 2 GB), so large initializers
+    go in as typed graph inputs. Small ones stay: they carry Reshape targets, axes and the like.
+    """
+    g = model.graph
+    declared = {i.name for i in g.input}
+    small, typed = [], []
+    for init in g.initializer:
+        if math.prod(init.dims) <= SHAPE_VALUE_ELEMENTS:
+            small.append(init)
+        elif init.name not in declared:
+            typed.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light_graph = helper.make_graph(g.node, g.name, list(g.input) + typed, g.output, small,
+                                    value_info=g.value_info, sparse_initializer=g.sparse_initializer)
+    light = helper.make_model(light_graph, opset_imports=model.opset_import, functions=model.functions,
+                              ir_version=model.ir_version)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return list(g.value_info) + list(g.output)  # what the exporter declared is still right
+    return list(inferred.graph.value_info) + list(inferred.graph.output)
+
+
+def _store_shapes(model: onnx.ModelProto, infos: list[onnx.ValueInfoProto]) -> None:
+    outputs = {o.name: o for o in model.graph.output}
+    inner = [i for i in infos if i.name not in outputs]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inner)
+    for info in infos:
+        out = outputs.get(info.name)
+        if out is not None and not out.type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(info.type)
 
 
 def remove_noops(graph: gs.Graph) -> dict[str, int]:
@@ -87,14 +142,3 @@ def _replace(tensors: list, old: gs.Tensor, new: gs.Tensor) -> None:
     for i, tensor in enumerate(tensors):
         if tensor is old:
             tensors[i] = new
-
-
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    # Polygraphy's loader goes through a file for models past protobuf's 2 GB limit.
-    return infer_shapes(model, allow_onnxruntime=False)
-
-
-def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    out = gs.export_onnx(graph)  # keeps ir_version, producer and opsets; not the model's metadata
-    out.metadata_props.extend(like.metadata_props)
-    return out

@@ -218,3 +218,16 @@ def test_failed_intake_leaves_an_older_output_alone(tmp_path):
     with pytest.raises(BertrtError):
         convert_onnx(bad_sources(tmp_path)["no_gather"][0], dst)
     assert dst.read_bytes() == b"previous result"
+
+
+def test_large_model_weights_go_to_external_data(tmp_path, monkeypatch):
+    # Lower the 1.8 GB threshold so the fixture takes the path a BERT-Large QAT export would.
+    monkeypatch.setattr("bertrt.onnx_io.EXTERNAL_DATA_THRESHOLD", 1000)
+    dst = tmp_path / "model.onnx"
+    convert_onnx(FIXTURES / "hf_qa_eager.onnx", dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert dst.stat().st_size < 100_000 < (tmp_path / "model.onnx.data").stat().st_size
+    ids, types, mask = random_batch(2, 12, 5)
+    want = np.stack(session(FIXTURES / "hf_qa_eager.onnx").run(None, dict(zip(SOURCE_INPUTS, (ids, types, mask)))), -1)
+    got, = session(dst).run(None, dict(zip(CANONICAL_INPUTS, (a.astype(np.int32) for a in (ids, types, mask)))))
+    assert np.array_equal(got, want)
