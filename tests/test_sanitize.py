@@ -100,7 +100,7 @@ def test_exporter_graph(name):
     model = onnx.load(FIXTURES / f"{name}.onnx")
     out = sanitize(model)
     before, after = ops(model), ops(out)
-    assert before["Identity"] > 0 and before["Constant"] > 0
+    assert before["Constant"] > 0  # exporters leave Constant nodes (Identity is covered by the hand-made graph)
     assert after["Identity"] == 0 and after["Constant"] == 0 and after["Dropout"] == 0
     assert after["QuantizeLinear"] == before["QuantizeLinear"]
     assert after["DequantizeLinear"] == before["DequantizeLinear"]
