@@ -136,6 +136,8 @@ class ReferenceRunner:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
+        # Many sessions take turns with numpy: idle pool threads must sleep, not spin, or they starve the rest.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def _value(self, name: str, env: dict) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from bertrt.plugins.nodes import (EMB_LAYER_NORM, FC, GELU, PLUGIN_DOMAIN, QKV_TO_CONTEXT, SKIP_LAYER_NORM,
-                                  TYPE_FP16, TYPE_INT8, read_attrs)
+                                  TYPE_FP16, TYPE_INT8, as_node_proto, read_attrs)
 from bertrt.plugins.shapes import GraphInfo
 
 
@@ -269,9 +269,9 @@ def validate(node, graph=None) -> list[str]:
     gs.Graph) adds checks of input ranks, dtypes and producers, and of the model's opset_import.
     An empty list means the node is valid.
     """
-    proto_op = node.op_type if hasattr(node, "op_type") else node.op
-    domain = node.domain
-    attrs = read_attrs(node)
+    proto = as_node_proto(node)  # one form for both; attributes read exactly as they will be saved
+    proto_op, domain = proto.op_type, proto.domain
+    attrs = read_attrs(proto)
     problems: list[str] = []
     if domain != PLUGIN_DOMAIN:
         problems.append(f"domain is '{domain}', expected '{PLUGIN_DOMAIN}' (declared in opset_import)")
@@ -305,14 +305,12 @@ def validate(node, graph=None) -> list[str]:
     problems += soft + fatal
     if fatal:
         return problems  # the rules below read field values that are absent or of the wrong type
-    values = field_values(spec, node)
+    values = field_values(spec, proto)
     E = _hidden(spec, values)
     problems += _check_lengths(spec, values, E)
-    inputs = [t if isinstance(t, str) else t.name for t in node.inputs] if not hasattr(node, "input") \
-        else list(node.input)
-    outputs = [t if isinstance(t, str) else t.name for t in node.outputs] if not hasattr(node, "output") \
-        else list(node.output)
-    problems += _RULES[spec.plugin](spec, values, E, inputs, outputs, info)
+    if not E or E <= 0:
+        return problems
+    problems += _RULES[spec.plugin](spec, values, E, list(proto.input), list(proto.output), info)
     return problems
 
 

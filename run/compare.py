@@ -168,7 +168,18 @@ def load_inputs(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
         data = [data]
     if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
         raise BertrtError("not a Polygraphy inputs JSON (expected a list of name -> array)", p)
-    return [{k: np.asarray(v) for k, v in d.items()} for d in data]
+    for d in data:
+        bad = [k for k, v in d.items() if not isinstance(v, np.ndarray)]
+        if bad:
+            raise BertrtError(f"not a Polygraphy inputs JSON: '{bad[0]}' is not an array", p)
+    return data
+
+
+def _check_feeds(feeds, ma, mb, path):
+    for model in (ma, mb):
+        for name, _dtype, _dims in _input_specs(model):
+            if any(name not in f for f in feeds):
+                raise BertrtError(f"the inputs give no value for the graph input '{name}'", path)
 
 
 def _runner(model: onnx.ModelProto, label: str, amax):
@@ -214,8 +225,10 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
         feeds = random_inputs(ma, batch, seq, seed, iterations, vocab=vocab_size(ma) or vocab_size(mb), path=path_a)
     elif isinstance(inputs, (str, os.PathLike)):
         feeds = load_inputs(inputs)
+        _check_feeds(feeds, ma, mb, inputs)
     else:
         feeds = list(inputs)
+        _check_feeds(feeds, ma, mb, None)
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
