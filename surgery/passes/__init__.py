@@ -1,0 +1,12 @@
+"""The passes. Importing this package registers them (bertrt.surgery.framework.register)."""
+
+from bertrt.surgery.passes import (  # noqa: F401
+    attention,
+    embeddings,
+    gelu,
+    layernorm,
+    layout,
+    precision,
+    sanitize,
+    skip_layernorm,
+)

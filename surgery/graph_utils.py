@@ -1,0 +1,163 @@
+"""Small helpers over onnx-graphsurgeon graphs: producers, constants, tracing, naming, replacing."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+# Ops that only move or retype token ids / masks without changing their values.
+PASS_THROUGH = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+
+
+def producer(t: gs.Tensor) -> gs.Node | None:
+    return t.inputs[0] if t is not None and len(t.inputs) == 1 else None
+
+
+def const_value(t: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor (an initializer or a Constant node's output), else None."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    p = producer(t)
+    if p is not None and p.op == "Constant" and "value" in p.attrs:
+        v = p.attrs["value"]
+        return np.asarray(v.values if isinstance(v, gs.Constant) else v)
+    return None
+
+
+def scalar(t: gs.Tensor) -> float | None:
+    v = const_value(t)
+    if v is None or v.size != 1:
+        return None
+    return float(v.reshape(()))
+
+
+def is_const(t: gs.Tensor) -> bool:
+    return const_value(t) is not None
+
+
+def other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor:
+    """For a binary node with t as one input, the other input."""
+    a, b = node.inputs[0], node.inputs[1]
+    return b if a is t else a
+
+
+def trace_back(t: gs.Tensor, ops=PASS_THROUGH) -> gs.Tensor:
+    """Follow t back through value-preserving reshapes and casts to where it comes from."""
+    seen = 0
+    while (p := producer(t)) is not None and p.op in ops and seen < 16:
+        t = p.inputs[0]
+        seen += 1
+    return t
+
+
+def graph_input(graph: gs.Graph, name: str) -> gs.Variable | None:
+    return next((t for t in graph.inputs if t.name == name), None)
+
+
+def rank(t: gs.Tensor) -> int | None:
+    return len(t.shape) if t.shape is not None else None
+
+
+def last_dim(t: gs.Tensor) -> int | None:
+    if t.shape and isinstance(t.shape[-1], (int, np.integer)) and t.shape[-1] > 0:
+        return int(t.shape[-1])
+    return None
+
+
+def ancestors(outputs: list[gs.Tensor], stop: list | None = None) -> list[gs.Node]:
+    """Nodes that outputs depend on, stopping at tensors in ``stop`` (by identity), in topological order."""
+    stop_ids = {id(t) for t in (stop or ())}
+    seen: dict[int, gs.Node] = {}
+    order: list[gs.Node] = []
+    visiting = set()
+    # iterative post-order DFS so deep graphs do not hit Python's recursion limit
+    work = [(producer(t), False) for t in outputs if id(t) not in stop_ids and producer(t) is not None]
+    while work:
+        node, expanded = work.pop()
+        if node is None or id(node) in seen:
+            continue
+        if expanded:
+            seen[id(node)] = node
+            order.append(node)
+            continue
+        if id(node) in visiting:
+            continue
+        visiting.add(id(node))
+        work.append((node, True))
+        for inp in node.inputs:
+            if id(inp) in stop_ids:
+                continue
+            p = producer(inp)
+            if p is not None and id(p) not in seen:
+                work.append((p, False))
+    return order
+
+
+def depends_on(t: gs.Tensor, source: gs.Tensor, limit: int = 10_000) -> bool:
+    """Whether t is computed from source."""
+    if t is source:
+        return True
+    stack, seen = [t], set()
+    while stack and len(seen) < limit:
+        cur = stack.pop()
+        if cur is source:
+            return True
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        p = producer(cur)
+        if p is not None:
+            stack.extend(p.inputs)
+    return False
+
+
+class Builder:
+    """Adds nodes with readable, deterministic names: ``<prefix>/<op>_<n>``."""
+
+    def __init__(self, graph: gs.Graph, prefix: str):
+        self.graph = graph
+        self.prefix = prefix
+        self._n = itertools.count(1)
+
+    def name(self, what: str) -> str:
+        return f"{self.prefix}/{what}_{next(self._n)}"
+
+    def const(self, what: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(self.name(what), np.ascontiguousarray(value))
+
+    def op(self, op: str, inputs: list, attrs: dict | None = None, dtype=None, shape=None,
+           domain: str | None = None, n_out: int = 1, name: str | None = None) -> list[gs.Variable]:
+        node_name = name or self.name(op)
+        outs = [gs.Variable(node_name if i == 0 else f"{node_name}:{i}", dtype=dtype, shape=shape)
+                for i in range(n_out)]
+        node = gs.Node(op=op, name=node_name, attrs=attrs or {}, inputs=list(inputs), outputs=outs)
+        if domain:
+            node.domain = domain
+        self.graph.nodes.append(node)
+        return outs
+
+    def add_node(self, node: gs.Node) -> gs.Node:
+        self.graph.nodes.append(node)
+        return node
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of old (and the graph outputs) at new. A graph output keeps its name."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+    for i, t in enumerate(graph.outputs):
+        if t is old:
+            name = old.name
+            old.name = f"{name}.replaced"
+            new.name = name
+            new.dtype = new.dtype or old.dtype
+            new.shape = new.shape if new.shape is not None else old.shape
+            graph.outputs[i] = new
+
+
+def unique_tensor_names(graph: gs.Graph) -> set[str]:
+    return set(graph.tensors().keys())

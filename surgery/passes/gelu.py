@@ -1,0 +1,118 @@
+"""gelu: decomposed GELU (erf and tanh forms) -> the Gelu op.
+
+The Gelu op is ONNX opset 20, so the graph's opset is raised to 20 when one is written. That is safe only
+when no op whose meaning changed between the graph's opset and 20 is left (ReduceMean's axes became an
+input in 18, for instance); run this pass after layernorm and the fusions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from bertrt.surgery.elementwise_region import candidate_outputs, grow
+from bertrt.surgery.framework import Pass, register
+from bertrt.surgery.graph_utils import ancestors, is_const, producer, replace_uses
+from bertrt.surgery.region import RegionError, evaluate
+
+GELU_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Cast"}
+GELU_OPSET = 20
+# Ops whose signature or meaning changed between opset 17 and 20: raising the opset would break them.
+CHANGED_BY_20 = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                 "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Split", "Pad", "Resize", "ScatterND",
+                 "ScatterElements", "Col2Im", "GroupNormalization", "CenterCropPad", "DFT", "GridSample",
+                 "AffineGrid", "ConstantOfShape", "IsInf", "IsNaN"}
+TOLERANCE = 2e-5
+
+
+def gelu_erf(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _sources(u: gs.Tensor, depth: int = 6) -> list[gs.Tensor]:
+    """Tensors that u is an elementwise function of alone, nearest first."""
+    found, frontier = [], [u]
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            p = producer(t)
+            if p is None or p.op not in GELU_OPS - {"Erf", "Tanh"}:
+                continue
+            live = [i for i in p.inputs if not is_const(i)]
+            for i in live:
+                if i not in found:
+                    found.append(i)
+                    nxt.append(i)
+        frontier = nxt
+    return found
+
+
+@register
+class GeluPass(Pass):
+    name = "gelu"
+    description = "Decomposed GELU (erf form, tanh form) -> Gelu (raises the opset to 20)."
+
+    def apply(self, graph: gs.Graph, ctx, report) -> None:
+        anchors = [n for n in graph.nodes if n.op in ("Erf", "Tanh")]
+        if not anchors:
+            return
+        blockers = sorted({n.op for n in graph.nodes if n.op in CHANGED_BY_20 and n.domain in ("", "ai.onnx")})
+        if graph.opset < GELU_OPSET and blockers:
+            for a in anchors:
+                report.miss(f"{a.op} {a.name}", f"the Gelu op needs opset {GELU_OPSET}, and the graph still has "
+                                                f"{', '.join(blockers)}, whose meaning changes there; run the fusions first")
+            return
+        xs = np.linspace(-6, 6, 97, dtype=np.float32).reshape(1, 97)
+        taken: set[int] = set()
+        for a in anchors:
+            if id(a) in taken:
+                continue
+            where = f"{a.op} {a.name}"
+            match = None
+            for x in _sources(a.inputs[0]):
+                between = ancestors([a.inputs[0]], stop=[x])
+                if any(n.op not in GELU_OPS for n in between):
+                    continue
+                region = grow(x, between + [a], GELU_OPS)
+                for y, sub in candidate_outputs(x, region, must_contain={a.op}):
+                    try:
+                        (got,) = evaluate(graph, [y], [(x, xs)])
+                    except RegionError:
+                        continue
+                    for approx, fn in (("none", gelu_erf), ("tanh", gelu_tanh)):
+                        if np.max(np.abs(got - fn(xs))) <= TOLERANCE:
+                            match = (x, y, sub, approx)
+                            break
+                    if match:
+                        break
+                if match:
+                    break
+            if match is None:
+                report.miss(where, "no region around it computes GELU (erf or tanh form) of a single input")
+                continue
+            x, y, sub, approx = match
+            taken.update(id(m) for m in sub)
+            out = gs.Variable(f"{y.name}/Gelu", dtype=y.dtype or np.float32, shape=y.shape)
+            attrs = {"approximate": "tanh"} if approx == "tanh" else {}
+            graph.nodes.append(gs.Node(op="Gelu", name=f"{y.name}/Gelu", attrs=attrs, inputs=[x], outputs=[out]))
+            replace_uses(graph, y, out)
+            report.rewrites += 1
+        if report.rewrites and graph.opset < GELU_OPSET:
+            report.notes.append(f"opset raised from {graph.opset} to {GELU_OPSET} for Gelu")
+            set_opset(graph, GELU_OPSET)
+
+
+def set_opset(graph: gs.Graph, version: int) -> None:
+    """The default domain's opset, both where graphsurgeon keeps it and in the imports it exports."""
+    graph.opset = version
+    for imp in graph.import_domains or []:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = version

@@ -1,0 +1,99 @@
+"""layernorm: decomposed LayerNorm forms -> the LayerNormalization op.
+
+Covers tf2onnx's 12-node ``moments`` + ``batch_normalization`` form (ReduceMean or GlobalAveragePool
+for the means), PyTorch's ``(x - mean) / sqrt(var + eps) * g + b`` and other orders of the same sums.
+Each candidate is checked numerically before it is rewritten. Graphs that already use the op pass through.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from bertrt.surgery.elementwise_region import candidate_outputs, grow
+from bertrt.surgery.framework import Pass, register
+from bertrt.surgery.graph_utils import const_value, last_dim, rank, replace_uses
+from bertrt.surgery.region import RegionError, evaluate, max_rel_err
+
+MEAN_OPS = {"ReduceMean", "GlobalAveragePool"}
+LN_OPS = MEAN_OPS | {"Sub", "Mul", "Div", "Add", "Pow", "Sqrt", "Reciprocal", "Cast"}
+TOLERANCE = 1e-4
+
+
+def layer_norm_ref(x, gamma, beta, eps):
+    x = x.astype(np.float64)
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return gamma * (x - mu) / np.sqrt(var + eps) + beta
+
+
+def _params(nodes: list[gs.Node], E: int):
+    """gamma, beta, eps from the constants of a LayerNorm region."""
+    gammas, betas, eps = [], [], []
+    for n in nodes:
+        for t in n.inputs:
+            v = const_value(t)
+            if v is None:
+                continue
+            if v.size == E:
+                (gammas if n.op in ("Mul", "Div") else betas).append(v.reshape(E).astype(np.float32))
+            elif v.size == 1 and n.op == "Add" and any(p.op in MEAN_OPS for i in n.inputs for p in i.inputs):
+                eps.append(float(v.reshape(())))
+    if len(gammas) > 1 or len(betas) > 1 or len(eps) > 1:
+        return None
+    return (gammas[0] if gammas else np.ones(E, np.float32), betas[0] if betas else np.zeros(E, np.float32),
+            eps[0] if eps else 0.0)
+
+
+@register
+class LayerNormPass(Pass):
+    name = "layernorm"
+    description = "Decomposed LayerNorm (tf2onnx's 12 nodes, GlobalAveragePool means, PyTorch forms) -> LayerNormalization."
+
+    def apply(self, graph: gs.Graph, ctx, report) -> None:
+        if graph.opset < 17:
+            report.notes.append(f"opset {graph.opset} has no LayerNormalization (needs 17); nothing done")
+            return
+        taken: set[int] = set()
+        rng = np.random.default_rng(0)
+        for mean in [n for n in graph.nodes if n.op in MEAN_OPS]:
+            if id(mean) in taken:
+                continue
+            x = mean.inputs[0]
+            where = f"{mean.op} {mean.name}"
+            E, r = last_dim(x), rank(x)
+            if E is None or r is None or r < 2:
+                report.miss(where, f"the shape of its input {x.name} is unknown (needs a known hidden size)")
+                continue
+            region = grow(x, [mean], LN_OPS)
+            found, closest = None, None
+            for y, sub in candidate_outputs(x, region, must_contain={mean.op}):
+                if sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
+                    continue
+                shape = (1,) * max(0, r - 2) + (3, E) if r != 3 else (2, 3, E)
+                x0 = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+                try:
+                    (got,) = evaluate(graph, [y], [(x, x0)])
+                except RegionError:
+                    continue
+                err = max_rel_err(got, layer_norm_ref(x0, *params))
+                if err <= TOLERANCE:
+                    found = (y, sub, params)
+                    break
+                closest = err if closest is None else min(closest, err)
+            if found is None:
+                report.miss(where, "no output of the region around it computes a LayerNorm of its input over the "
+                                   "last axis" + ("" if closest is None else f" (closest differs by {closest:.2g})"))
+                continue
+            y, sub, (gamma, beta, eps) = found
+            taken.update(id(m) for m in sub)
+            out = gs.Variable(f"{y.name}/LayerNormalization", dtype=np.float32, shape=y.shape)
+            graph.nodes.append(gs.Node(
+                op="LayerNormalization", name=f"{y.name}/LayerNormalization", attrs={"axis": -1, "epsilon": eps},
+                inputs=[x, gs.Constant(f"{y.name}/ln_gamma", gamma), gs.Constant(f"{y.name}/ln_beta", beta)],
+                outputs=[out]))
+            replace_uses(graph, y, out)
+            report.rewrites += 1
+        existing = sum(n.op == "LayerNormalization" for n in graph.nodes) - report.rewrites
+        if existing:
+            report.notes.append(f"{existing} LayerNormalization op(s) were already there")
