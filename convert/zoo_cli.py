@@ -7,6 +7,12 @@ import click
 from bertrt import config
 
 
+def download_items():
+    from bertrt.convert.download import ITEMS
+
+    return ITEMS
+
+
 @click.group()
 def zoo():
     """Make BERT SQuAD checkpoints in Google's TF layout (what NGC ships)."""
@@ -36,3 +42,23 @@ def make_cmd(name, out):
     click.echo(f"making {name}: {m['weights']}", err=True)
     zoo_mod.make(name, out)
     click.echo(f"wrote {out}")
+
+
+@zoo.command("download")
+@click.argument("name", type=click.Choice(list(download_items())))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder to download into.")
+@click.option("--base-url", default=None,
+              help="Fetch from this base URL instead (a mirror): files are looked up at BASE/<name>, "
+                   "checkpoints at BASE/<model>/versions/19.03.1/zip.")
+def download_cmd(name, out, base_url):
+    """Download NAME as the former demo's scripts did.
+
+    \b
+    squad-v1.1      train-v1.1.json and dev-v1.1.json (SQuAD explorer; sha256 checked)
+    bert-*-384/128  NGC's bert_tf_ckpt_{base|large}_qa_squad11_amp_{384|128}:19.03.1, unpacked into a folder
+                    (NGC publishes no checksum this project knows: checked as a zip only)
+    """
+    from bertrt.convert.download import download
+
+    for path in download(name, out, base_url=base_url, progress=True):
+        click.echo(f"wrote {path}")

@@ -106,8 +106,9 @@ def _heads_from_reshape(t: gs.Tensor, E: int) -> int | None:
                 tail = [const_value(i) for i in c.inputs[-2:]]
                 if all(v is not None for v in tail):
                     shape = np.concatenate([v.reshape(-1) for v in tail])
-            if shape is not None and len(shape) >= 2 and shape[-2] > 0 and shape[-1] > 0 and shape[-2] * shape[-1] == E:
-                return int(shape[-2])
+            if shape is not None and len(shape) >= 2 and shape[-1] > 0 and E % shape[-1] == 0 \
+                    and shape[-2] in (-1, E // shape[-1]):
+                return E // int(shape[-1])
             out = p.outputs[0]
             if out.shape and len(out.shape) == 4 and isinstance(out.shape[2], int) and isinstance(out.shape[3], int):
                 return int(out.shape[2])
@@ -176,12 +177,12 @@ def _context(softmax: gs.Node):
             raise NoMatch("the probabilities do not feed a single MatMul with V")
     pv = t.outputs[0]
     out = pv.outputs[0]
-    for _ in range(3):
-        users = out.outputs
+    for _ in range(4):  # heads merged back: Transpose + Reshape (some exports reshape twice)
+        users = [u for u in out.outputs if u.op != "Shape"]  # shape-only users do not read the values
         if len(users) != 1 or users[0].op not in ("Transpose", "Reshape"):
             break
         out = users[0].outputs[0]
-    if rank(out) not in (2, 3):
+    if rank(out) not in (None, 2, 3):
         raise NoMatch("the context after the heads are merged is not rank 2 or 3")
     return pv, out
 
@@ -330,7 +331,7 @@ class AttentionPass(Pass):
             fields["var_seqlen"] = 0
         out = gs.Variable(f"{prefix}/context", dtype=np.float32)
         graph.nodes.append(make_plugin_node(QKV_TO_CONTEXT, version, inputs, [out], fields, name=prefix))
-        ctx_model = adapters.from_sb(graph, adapters.from_5d(graph, out, E, prefix), rank(c.ctx), E)
+        ctx_model = adapters.from_sb(graph, adapters.from_5d(graph, out, E, prefix), rank(c.ctx) or r, E)
         replace_uses(graph, c.ctx, ctx_model)
 
 

@@ -22,11 +22,6 @@ BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
-def _hidden_only(v: np.ndarray) -> bool:
-    """A constant that broadcasts along the hidden axis only (a scalar, [C], or [1,..,1,C])."""
-    return v.ndim <= 1 or all(d == 1 for d in v.shape[:-1])
-
-
 def _from_sb_heads(graph):
     """(sb tensor, model tensor) for every from_sb adapter."""
     out = []
@@ -73,10 +68,11 @@ class LayoutPass(Pass):
     description = "Cancel layout adapters between plugins: sequence-major inside, transposes only at the edges."
 
     def apply(self, graph: gs.Graph, ctx, report) -> None:
-        sb: dict[int, tuple[gs.Tensor, gs.Tensor]] = {}   # id(model tensor) -> (model tensor, sb tensor)
+        # id(model tensor) -> (model tensor, its sequence-major twin, how many trailing (non B/S) axes it has)
+        sb: dict[int, tuple[gs.Tensor, gs.Tensor, int]] = {}
         work = []
         for s, m in _from_sb_heads(graph):
-            sb[id(m)] = (m, s)
+            sb[id(m)] = (m, s, 1)
             work.append(m)
         twins = 0
         cancelled = 0
@@ -90,18 +86,18 @@ class LayoutPass(Pass):
                     cancelled += 1
                     continue
                 pairs = self._twin(graph, c, sb)
-                for old_out, new_out in pairs or ():
+                for old_out, new_out, trailing in pairs or ():
                     if id(old_out) not in sb:
-                        sb[id(old_out)] = (old_out, new_out)
+                        sb[id(old_out)] = (old_out, new_out, trailing)
                         work.append(old_out)
                 twins += bool(pairs)
         # Graph outputs that now have a sequence-major twin: one transpose at the very end.
         for i, o in enumerate(list(graph.outputs)):
-            if id(o) in sb and rank(o) == 3:
-                s = sb[id(o)][1]
+            if id(o) in sb and rank(o) == 2 + sb[id(o)][2]:  # batch and sequence axes kept apart
+                _, s, trailing = sb[id(o)]
                 t = gs.Variable(f"{o.name}/from_sb", dtype=o.dtype, shape=o.shape)
-                graph.nodes.append(gs.Node(op="Transpose", name=f"output_{i}/Transpose", attrs={"perm": [1, 0, 2]},
-                                           inputs=[s], outputs=[t]))
+                graph.nodes.append(gs.Node(op="Transpose", name=f"output_{i}/Transpose",
+                                           attrs={"perm": [1, 0] + list(range(2, 2 + trailing))}, inputs=[s], outputs=[t]))
                 replace_uses(graph, o, t)
         graph.cleanup()
         left = [n.name for n in graph.nodes if n.name.startswith((TO_SB, FROM_SB)) and n.op == "Transpose"]
@@ -111,53 +107,87 @@ class LayoutPass(Pass):
             report.miss(name, "a layout adapter is left: a consumer of this tensor needs the batch-major layout")
 
     def _twin(self, graph: gs.Graph, node: gs.Node, sb) -> list | None:
-        """[(node output, its sequence-major twin)] for a node that can work sequence-major, else None."""
+        """[(node output, its sequence-major twin, trailing axes)] for a node that can work sequence-major."""
         def mapped(t):
             return sb[id(t)][1] if id(t) in sb else None
 
+        first = next((t for t in node.inputs if id(t) in sb), None)
+        if first is None:
+            return None
+        trailing = sb[id(first)][2]
+        r = rank(first)
         op = node.op
-        if op == "Reshape" and mapped(node.inputs[0]) is not None:
-            C = _last(node.inputs[0], sb)
-            if _merges_leading_dims(node, C):  # [B,S,C] <-> [B*S,C]: nothing to do sequence-major
-                return [(node.outputs[0], mapped(node.inputs[0]))]
+        out_trailing = trailing
+        attrs = dict(node.attrs)
+        inputs = list(node.inputs)
+        if op == "Reshape":
+            if trailing == 1 and _merges_leading_dims(node, _last(first, sb)):
+                return [(node.outputs[0], mapped(first), 1)]  # [B,S,C] <-> [B*S,C]: nothing to do
             return None
         if op == "MatMul":
             w = const_value(node.inputs[1])
-            wq = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+            wq = producer(node.inputs[1])
             weight_ok = (w is not None and w.ndim == 2) or (wq is not None and wq.op == "DequantizeLinear")
-            if mapped(node.inputs[0]) is None or not weight_ok:
+            if node.inputs[0] is not first or trailing != 1 or not weight_ok:
                 return None
-            inputs = [mapped(node.inputs[0]), node.inputs[1]]
-        elif op in UNARY:
-            if mapped(node.inputs[0]) is None:
+            inputs[0] = mapped(first)
+        elif op in UNARY or op in QDQ:
+            if node.inputs[0] is not first:
                 return None
-            inputs = [mapped(node.inputs[0])] + node.inputs[1:]
-        elif op in BINARY:
-            inputs = []
-            for t in node.inputs:
-                if mapped(t) is not None:
-                    inputs.append(mapped(t))
-                elif (v := const_value(t)) is not None and _hidden_only(v):
-                    inputs.append(t)
+            if op in QDQ:
+                scale = const_value(node.inputs[1])
+                axis = _neg_axis(attrs.get("axis", 1), r)
+                if scale is None or (scale.size != 1 and axis != -1):
+                    return None
+                if "axis" in attrs:
+                    attrs["axis"] = -1
+            inputs[0] = mapped(first)
+        elif op in BINARY or op == "Concat":
+            if op == "Concat" and not _trailing_axis(attrs.get("axis"), r, trailing):
+                return None
+            for i, t in enumerate(node.inputs):
+                if id(t) in sb and sb[id(t)][2] == trailing:
+                    inputs[i] = mapped(t)
+                elif op in BINARY and (v := const_value(t)) is not None and (v.ndim <= trailing or
+                                                                              all(d == 1 for d in v.shape[:-trailing])):
+                    continue
                 else:
                     return None
-        elif op in QDQ:
-            axis = node.attrs.get("axis", 1)
-            scale = const_value(node.inputs[1])
-            r = rank(node.inputs[0])
-            per_tensor = scale is not None and scale.size == 1
-            if mapped(node.inputs[0]) is None or not (per_tensor or (r is not None and axis in (-1, r - 1))):
+            if op == "Concat":
+                attrs["axis"] = _neg_axis(attrs["axis"], r)
+        elif op == "Split":
+            if node.inputs[0] is not first or not _trailing_axis(attrs.get("axis", 0), r, trailing):
                 return None
-            inputs = [mapped(node.inputs[0])] + node.inputs[1:]
+            attrs["axis"] = _neg_axis(attrs.get("axis", 0), r)
+            inputs[0] = mapped(first)
+        elif op in ("Squeeze", "Unsqueeze"):
+            axes = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+            if node.inputs[0] is not first or axes is None or axes.size != 1:
+                return None
+            out_r = r - 1 if op == "Squeeze" else r + 1
+            axis = _neg_axis(int(axes.reshape(())), r if op == "Squeeze" else out_r)
+            room = trailing if op == "Squeeze" else trailing + 1
+            if not -room <= axis <= -1:
+                return None
+            inputs = [mapped(first), gs.Constant(f"{node.name}/sb_axes", np.array([axis], np.int64))]
+            out_trailing = trailing - 1 if op == "Squeeze" else trailing + 1
         else:
             return None
-        attrs = dict(node.attrs)
-        if op in QDQ and "axis" in attrs:
-            attrs["axis"] = -1
         outs = [gs.Variable(f"{o.name}/sb", dtype=o.dtype) for o in node.outputs]
-        twin = gs.Node(op=op, name=f"{node.name}/sb", attrs=attrs, inputs=inputs, outputs=outs, domain=node.domain)
-        graph.nodes.append(twin)
-        return list(zip(node.outputs, outs))
+        graph.nodes.append(gs.Node(op=op, name=f"{node.name}/sb", attrs=attrs, inputs=inputs, outputs=outs,
+                                   domain=node.domain))
+        return [(o, n, out_trailing) for o, n in zip(node.outputs, outs)]
+
+
+def _neg_axis(axis: int, r: int | None) -> int:
+    return axis - r if axis >= 0 and r is not None else axis
+
+
+def _trailing_axis(axis, r, trailing) -> bool:
+    """Whether an axis of a batch-major tensor of rank r is one of its trailing (non B/S) axes."""
+    if axis is None or (axis >= 0 and r is None):
+        return False
+    return -trailing <= _neg_axis(axis, r) <= -1
 
 
 def _last(t, sb):

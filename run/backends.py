@@ -1,0 +1,319 @@
+"""Where a QA model runs: ONNX Runtime, bertrt's CPU reference (plugin graphs) or a TensorRT engine.
+
+Every backend takes the canonical feeds (``input_ids``, ``segment_ids``, ``input_mask`` int32 [B, S]) and
+returns the logits [B, S, 2] (start, end). Var-seqlen models (inputs ``cu_seqlens`` / ``max_seqlen``) are
+packed and unpacked here, so callers never see the packed layout. Batches larger than a model or engine
+takes are split; smaller ones are padded to a fixed batch.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertrt.errors import BertrtError, ToolMissing
+
+INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
+VARSEQLEN_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
+DEFAULT_VOCAB = 30522  # BERT's uncased vocabulary, what the former demo drew random ids from
+TENSORRT_INSTALL = ("pip install tensorrt --extra-index-url https://pypi.nvidia.com "
+                    "(NVIDIA's index; needs an NVIDIA GPU with a CUDA driver)")
+
+
+def current_command() -> str:
+    """The bertrt command line being run (rebuilt from click's parsed parameters), for messages."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return shlex.join(sys.argv)
+    args = ["bertrt", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == () or (value == param.default and not param.required):
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+            continue
+        opt = max(param.opts, key=len)
+        for v in (value if param.multiple else [value]):
+            args += [opt] if getattr(param, "is_flag", False) else [opt, str(v)]
+    return shlex.join(args)
+
+
+def require_tensorrt(action: str, command: str | None = None):
+    """The ``tensorrt`` module, or ToolMissing (exit 3) saying what is missing, how to get it, what would run."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        cmd = command or current_command()
+        raise ToolMissing(f"TensorRT is needed to {action} but the Python module 'tensorrt' cannot be imported "
+                          f"({e}); install it with: {TENSORRT_INSTALL}; the command that would have run: {cmd}"
+                          ) from None
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """What inputs a backend takes: a fixed batch and sequence length, or None where any fits."""
+
+    batch: int | None
+    seq: int | None
+    varseqlen: bool = False
+    max_batch: int | None = None  # the largest batch it takes at once (engines: the profiles' max)
+
+    def describe(self) -> str:
+        b = self.batch if self.batch is not None else (f"1..{self.max_batch}" if self.max_batch else "any")
+        s = self.seq if self.seq is not None else "any"
+        return f"batch {b}, seq {s}" + (" (var-seqlen, packed)" if self.varseqlen else "")
+
+
+def check_feeds(feeds: dict[str, np.ndarray], path=None) -> tuple[int, int]:
+    """(B, S) of canonical feeds; a BertrtError for a missing name or a shape that differs."""
+    shape = None
+    for name in INPUT_NAMES:
+        if name not in feeds:
+            raise BertrtError(f"no value given for input '{name}'", path)
+        arr = np.asarray(feeds[name])
+        if arr.ndim != 2:
+            raise BertrtError(f"input '{name}' must be [batch, seq], got shape {arr.shape}", path)
+        if shape is not None and arr.shape != shape:
+            raise BertrtError(f"input '{name}' has shape {arr.shape}, the others {shape}", path)
+        shape = arr.shape
+    return shape
+
+
+def pack_varseqlen(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[B, S] canonical feeds → packed var-seqlen feeds: each sequence's real tokens, back to back.
+
+    A sequence's length is its mask's sum (features put real tokens first). ``max_seqlen`` carries only
+    its shape, as the plugins read it: the padded length S.
+    """
+    mask = np.asarray(feeds["input_mask"])
+    B, S = mask.shape
+    lengths = mask.astype(np.int64).sum(axis=1)
+    keep = np.arange(S)[None, :] < lengths[:, None]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return {"input_ids": np.asarray(feeds["input_ids"], dtype=np.int32)[keep],
+            "segment_ids": np.asarray(feeds["segment_ids"], dtype=np.int32)[keep],
+            "cu_seqlens": cu, "max_seqlen": np.zeros(S, dtype=np.int32)}
+
+
+def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Packed logits [T, 2] (or the demo's [2, T, 1, 1]) → [B, S, 2], zeros where the mask is 0."""
+    mask = np.asarray(mask)
+    B, S = mask.shape
+    keep = np.arange(S)[None, :] < mask.astype(np.int64).sum(axis=1)[:, None]
+    T = int(keep.sum())
+    logits = np.asarray(logits)
+    if logits.shape[:1] == (2,) and logits.size == 2 * T and logits.shape[0] != T:
+        logits = logits.reshape(2, T).T
+    logits = logits.reshape(T, 2)
+    out = np.zeros((B, S, 2), dtype=np.float32)
+    out[keep] = logits
+    return out
+
+
+class Backend:
+    """One model on one runtime. Subclasses implement ``_run`` on a batch it takes as it is."""
+
+    name = "backend"
+
+    def __init__(self, path, input_shape: InputShape, vocab_size: int | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.input_shape = input_shape
+        self.vocab_size = vocab_size or DEFAULT_VOCAB
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits float32 [B, S, 2] for canonical int32 [B, S] feeds."""
+        B, S = check_feeds(feeds, self.path)
+        shape = self.input_shape
+        if shape.seq is not None and S != shape.seq:
+            raise BertrtError(f"the model takes sequence length {shape.seq}, got {S} (use --seq {shape.seq})",
+                              self.path)
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.int32) for n in INPUT_NAMES}
+        step = shape.batch or shape.max_batch or B
+        outs = []
+        for start in range(0, B, step):
+            chunk = {n: a[start:start + step] for n, a in feeds.items()}
+            n = chunk["input_ids"].shape[0]
+            if shape.batch is not None and n < shape.batch:  # a fixed batch: pad with empty rows
+                chunk = {k: np.concatenate([a, np.zeros((shape.batch - n, S), np.int32)]) for k, a in chunk.items()}
+            if shape.varseqlen:
+                logits = unpack_varseqlen(self._run(pack_varseqlen(chunk)), chunk["input_mask"])
+            else:
+                logits = np.asarray(self._run(chunk), dtype=np.float32).reshape(chunk["input_ids"].shape + (2,))
+            outs.append(logits[:n])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{self.name} backend on {self.path} ({self.input_shape.describe()})"
+
+
+def onnx_input_shape(model, path=None) -> InputShape:
+    """InputShape from an ONNX model's graph inputs (canonical or var-seqlen)."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    if "cu_seqlens" in inputs:
+        missing = [n for n in VARSEQLEN_NAMES if n not in inputs]
+        if missing:
+            raise BertrtError(f"var-seqlen model has no input '{missing[0]}'", path)
+        return InputShape(None, None, varseqlen=True)
+    missing = [n for n in INPUT_NAMES if n not in inputs]
+    if missing:
+        raise BertrtError(f"model has no input '{missing[0]}' (inputs: {', '.join(inputs)}); "
+                          "convert it to the canonical model with 'bertrt convert' first", path)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs["input_ids"].type.tensor_type.shape.dim]
+    if len(dims) != 2:
+        raise BertrtError(f"input 'input_ids' must be [batch, seq], has rank {len(dims)}", path)
+    return InputShape(dims[0], dims[1])
+
+
+def _output_name(model, path) -> str:
+    names = [o.name for o in model.graph.output]
+    if "logits" in names:
+        return "logits"
+    raise BertrtError(f"model has no output 'logits' (outputs: {', '.join(names)}); bertrt runs QA models", path)
+
+
+class OrtBackend(Backend):
+    """Standard ONNX graphs on ONNX Runtime's CPU provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path, model=None, threads: int = 0):
+        import onnxruntime as ort
+
+        from bertrt.onnx_io import load_model
+        from bertrt.run.compare import vocab_size
+
+        model = model if model is not None else load_model(path)
+        super().__init__(path, onnx_input_shape(model, path), vocab_size(model))
+        self.output = _output_name(model, path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for unloadable graphs
+            raise BertrtError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}", path) from None
+        self._inputs = [i.name for i in self.session.get_inputs()]
+
+    def _run(self, feeds):
+        return self.session.run([self.output], {n: feeds[n] for n in self._inputs})[0]
+
+
+class ReferenceBackend(Backend):
+    """Graphs with TensorRT plugin nodes on bertrt's CPU reference (ONNX Runtime between the plugins)."""
+
+    name = "reference"
+
+    def __init__(self, path, model=None, amax: dict[str, float] | None = None):
+        from bertrt.onnx_io import load_model
+        from bertrt.plugins.runner import ReferenceRunner
+        from bertrt.run.compare import vocab_size
+
+        model = model if model is not None else load_model(path)
+        super().__init__(path, onnx_input_shape(model, path), vocab_size(model))
+        self.output = _output_name(model, path)
+        self.runner = ReferenceRunner(model, amax=amax)
+        self.runner.path = self.path
+
+    def _run(self, feeds):
+        return self.runner.run(feeds)[self.output]
+
+
+def engine_profiles(engine, input_name: str) -> list[tuple[tuple, tuple, tuple]]:
+    """(min, opt, max) shapes of one input in each of an engine's optimization profiles."""
+    return [tuple(tuple(s) for s in engine.get_tensor_profile_shape(input_name, i))
+            for i in range(engine.num_optimization_profiles)]
+
+
+def pick_profile(profiles, shape: tuple[int, ...]) -> int | None:
+    """The first profile whose min ≤ shape ≤ max in every dimension (the former demo's rule), else None."""
+    for index, (lo, _opt, hi) in enumerate(profiles):
+        if len(lo) == len(shape) and all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return index
+    return None
+
+
+class TrtBackend(Backend):
+    """A serialized TensorRT engine through Polygraphy's TrtRunner (needs TensorRT, CUDA and a GPU)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path):
+        path = Path(path)
+        if not path.is_file():
+            raise BertrtError("no such engine file", path)
+        trt = require_tensorrt("run a TensorRT engine")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(os.fspath(path))))
+        self.runner.activate()
+        engine = self.runner.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        varseqlen = "cu_seqlens" in inputs
+        self.profiles = engine_profiles(engine, "input_ids")
+        if varseqlen:
+            cu = engine_profiles(engine, "cu_seqlens")
+            shape = InputShape(None, None, varseqlen=True, max_batch=max(hi[0] for _, _, hi in cu) - 1)
+        else:
+            seqs = {s for lo, _, hi in self.profiles for s in (lo[1], hi[1])}
+            shape = InputShape(None, seqs.pop() if len(seqs) == 1 else None,
+                               max_batch=max(hi[0] for _, _, hi in self.profiles))
+        super().__init__(path, shape)
+        self.output = "logits" if "logits" in names else next(n for n in names if n not in inputs)
+        self._profile = 0
+
+    def _run(self, feeds):
+        key = "cu_seqlens" if self.input_shape.varseqlen else "input_ids"
+        profiles = self.profiles if key == "input_ids" else engine_profiles(self.runner.engine, key)
+        index = pick_profile(profiles, feeds[key].shape)
+        if index is None:
+            raise BertrtError(f"no optimization profile of the engine takes {key} of shape {feeds[key].shape} "
+                              f"(profiles: {profiles})", self.path)
+        if index != self._profile:
+            self.runner.set_profile(index)
+            self._profile = index
+        return self.runner.infer(feeds)[self.output]
+
+    def close(self):
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
+            self.runner.deactivate()
+
+
+def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None, threads: int = 0) -> Backend:
+    """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes)."""
+    if (engine is None) == (onnx is None):
+        raise BertrtError("give exactly one of an engine (--engine) or an ONNX model (--onnx)")
+    if engine is not None:
+        return TrtBackend(engine)
+    from bertrt.onnx_io import load_model
+    from bertrt.plugins.runner import has_plugin_nodes
+
+    model = load_model(onnx)
+    if has_plugin_nodes(model):
+        return ReferenceBackend(onnx, model, amax=amax)
+    return OrtBackend(onnx, model, threads=threads)

@@ -1,0 +1,151 @@
+"""Backends: ONNX Runtime and the CPU reference behind one interface; TensorRT stops with exit 3 here."""
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from bertrt.cli import cli
+from bertrt.errors import BertrtError, ToolMissing
+from bertrt.plugins.handbuilt import fused_bert, random_bert_weights, unfused_bert
+from bertrt.run.backends import (InputShape, OrtBackend, ReferenceBackend, TrtBackend, open_backend,
+                                 pack_varseqlen, pick_profile, unpack_varseqlen)
+from bertrt.run.perf import random_feeds
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def handbuilt(tmp_path_factory):
+    """(unfused.onnx, fused.onnx) of one seeded tiny BERT: 2 layers, hidden 128, 2 heads, dynamic batch and seq."""
+    weights = random_bert_weights(2, 128, 2, 512, seed=3)
+    folder = tmp_path_factory.mktemp("handbuilt")
+    unfused, fused = folder / "unfused.onnx", folder / "fused.onnx"
+    onnx.save(unfused_bert(weights, 2, 2), unfused)
+    onnx.save(fused_bert(weights, 2, 2), fused)
+    return unfused, fused
+
+
+def feeds_with_padding(batch, seq, seed=0):
+    feeds = random_feeds(batch, seq, 30522, seed)
+    lengths = np.random.default_rng(seed).integers(seq // 4, seq + 1, size=batch)
+    feeds["input_mask"] = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    return feeds
+
+
+def test_ort_backend_equals_onnxruntime_directly(tiny_onnx):
+    feeds = feeds_with_padding(3, 128)
+    expected = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    with open_backend(onnx=tiny_onnx) as backend:
+        assert isinstance(backend, OrtBackend) and backend.name == "onnxruntime"
+        assert backend.input_shape.seq == 128 and backend.input_shape.batch is None
+        assert backend.vocab_size == 30522
+        logits = backend.run(feeds)
+    assert logits.shape == (3, 128, 2) and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, expected)
+
+
+def test_ort_backend_rejects_other_seq(tiny_onnx):
+    with open_backend(onnx=tiny_onnx) as backend, pytest.raises(BertrtError, match="sequence length 128"):
+        backend.run(random_feeds(1, 64, 30522))
+
+
+def test_missing_input_is_an_error(tiny_onnx):
+    feeds = random_feeds(1, 128, 30522)
+    del feeds["segment_ids"]
+    with open_backend(onnx=tiny_onnx) as backend, pytest.raises(BertrtError, match="segment_ids"):
+        backend.run(feeds)
+
+
+def test_reference_backend_matches_unfused_graph(handbuilt):
+    unfused, fused = handbuilt
+    feeds = feeds_with_padding(2, 48, seed=1)
+    with open_backend(onnx=fused) as ref, open_backend(onnx=unfused) as plain:
+        assert isinstance(ref, ReferenceBackend) and isinstance(plain, OrtBackend)
+        assert ref.input_shape == InputShape(None, None)
+        got, want = ref.run(feeds), plain.run(feeds)
+    assert got.shape == want.shape == (2, 48, 2)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_fixed_batch_model_is_split_and_padded(tiny_onnx, tmp_path):
+    """A graph with batch fixed to 2 takes 3 rows as one full and one padded call, same as row by row."""
+    model = onnx.load(tiny_onnx)
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 2
+    path = tmp_path / "batch2.onnx"
+    onnx.save(model, path)
+    feeds = feeds_with_padding(3, 128, seed=2)
+    with open_backend(onnx=path) as fixed, open_backend(onnx=tiny_onnx) as free:
+        assert fixed.input_shape.batch == 2
+        got = fixed.run(feeds)
+        rows = [free.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(3)]
+    np.testing.assert_allclose(got, np.concatenate(rows), atol=1e-5)
+
+
+def test_pack_and_unpack_varseqlen_by_hand():
+    feeds = {"input_ids": np.array([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32),
+             "segment_ids": np.array([[0, 1, 1, 0], [0, 0, 0, 0]], np.int32),
+             "input_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.int32)}
+    packed = pack_varseqlen(feeds)
+    assert packed["input_ids"].tolist() == [5, 6, 7, 8, 9]
+    assert packed["segment_ids"].tolist() == [0, 1, 1, 0, 0]
+    assert packed["cu_seqlens"].tolist() == [0, 3, 5]
+    assert packed["max_seqlen"].shape == (4,)
+    assert all(a.dtype == np.int32 for a in packed.values())
+    tokens = np.arange(10, dtype=np.float32).reshape(5, 2)  # token t -> (2t, 2t+1)
+    out = unpack_varseqlen(tokens, feeds["input_mask"])
+    assert out.shape == (2, 4, 2)
+    assert out[0, 2].tolist() == [4, 5] and out[1, 1].tolist() == [8, 9]
+    assert out[0, 3].tolist() == [0, 0] and out[1, 2:].sum() == 0
+    # the former demo's engine layout [2, T, 1, 1]: row 0 all starts, row 1 all ends
+    np.testing.assert_array_equal(unpack_varseqlen(tokens.T.reshape(2, 5, 1, 1), feeds["input_mask"]), out)
+
+
+def test_pick_profile_takes_the_first_that_fits():
+    profiles = [((1, 384), (1, 384), (1, 384)), ((1, 384), (8, 384), (8, 384)), ((1, 128), (8, 128), (8, 128))]
+    assert pick_profile(profiles, (1, 384)) == 0
+    assert pick_profile(profiles, (4, 384)) == 1
+    assert pick_profile(profiles, (8, 128)) == 2
+    assert pick_profile(profiles, (9, 384)) is None
+
+
+def test_open_backend_needs_exactly_one_model(tiny_onnx):
+    with pytest.raises(BertrtError, match="exactly one"):
+        open_backend()
+    with pytest.raises(BertrtError, match="exactly one"):
+        open_backend(engine="x.plan", onnx=tiny_onnx)
+
+
+def test_non_qa_model_is_an_error(tmp_path):
+    path = tmp_path / "nope.onnx"
+    path.write_bytes(b"not onnx at all")
+    with pytest.raises(BertrtError, match="nope.onnx"):
+        open_backend(onnx=path)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt(tmp_path):
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"\0" * 16)
+    with pytest.raises(ToolMissing) as info:
+        TrtBackend(engine)
+    assert info.value.exit_code == 3
+    assert "tensorrt" in str(info.value) and "pip install tensorrt" in str(info.value)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_cli_engine_without_tensorrt_exits_3(tmp_path):
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"\0" * 16)
+    result = CliRunner().invoke(cli, ["infer", "--engine", str(engine), "-p", "Some text here.", "-q", "What?"])
+    assert result.exit_code == 3, result.output
+    assert "pip install tensorrt" in result.output and "bertrt infer" in result.output
+
+
+def test_cli_engine_and_onnx_together_is_a_usage_error(tiny_onnx):
+    result = CliRunner().invoke(cli, ["infer", "--engine", "a.plan", "--onnx", str(tiny_onnx), "-p", "x", "-q", "y"])
+    assert result.exit_code == 2 and "exactly one of --engine" in result.output
