@@ -19,6 +19,7 @@ def atomic_path(dst: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -45,6 +46,12 @@ def atomic_dir(dst: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(dst: str | os.PathLike, text: str) -> None:

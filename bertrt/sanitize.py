@@ -18,6 +18,10 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
+# graphsurgeon's own warnings (constant folding fallbacks) are noise next to the passes' reports.
+gs.logger.G_LOGGER.colors = False
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # Initializers up to this many elements keep their values for shape inference (shape-like tensors).
 SHAPE_VALUE_ELEMENTS = 4096

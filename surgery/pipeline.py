@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from bertrt import config
 from bertrt.errors import BertrtError
-from bertrt.onnx_io import save_model
+from bertrt.graph_io import detach_weights, full_model, save_graph
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
@@ -26,12 +26,20 @@ PRECISIONS = ("fp32", "fp16")
 
 @dataclass
 class SurgeryResult:
-    model: onnx.ModelProto
+    graph: gs.Graph
     reports: list[PassReport]
     counts: dict
     leftover: dict
     complete: bool
     problems: list = field(default_factory=list)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The fused model in memory (its weights copied in)."""
+        return full_model(self.graph, _finish)
+
+    def save(self, path) -> None:
+        save_graph(self.graph, path, _finish)
 
     def to_json(self) -> dict:
         return {"passes": [r.to_json() for r in self.reports], "plugins": self.counts,
@@ -43,13 +51,16 @@ def passes_for(target: dict) -> list[str]:
 
 
 def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
-        dump_dir: str | os.PathLike | None = None, log=lambda msg: None) -> SurgeryResult:
+        dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False) -> SurgeryResult:
+    """Run the passes. With ``consume`` the weights move out of ``model`` (which is left without them),
+    so that a large model is held once, not twice."""
     if precision not in PRECISIONS:
         raise BertrtError(f"precision {precision!r} is not supported by surgery yet; choose from {', '.join(PRECISIONS)}")
     tgt = config.target(target)
     names = passes or passes_for(tgt)
     pass_objs = [get_pass(n) for n in names]
     graph = import_with_shapes(model)
+    detach_weights(graph, free_source=consume)
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
     seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
     ctx = Context(target=tgt, precision=precision, seq=seq)
@@ -58,33 +69,35 @@ def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", 
         log(f"[{i}/{len(pass_objs)}] {p.name}: {p.description}")
         reports.append(p(graph, ctx))
         if dump_dir is not None:
-            save_model(_export(graph), Path(dump_dir) / f"{i:02d}-{p.name}.onnx")
-    out = _export(graph)
-    counts, leftover, problems = summarize(out)
+            save_graph(graph.cleanup().toposort(), Path(dump_dir) / f"{i:02d}-{p.name}.onnx", _finish)
+    graph.cleanup().toposort()
+    counts, leftover, problems = summarize(graph)
     complete = _complete(counts, leftover, ctx)
-    return SurgeryResult(out, reports, counts, leftover, complete, problems)
+    return SurgeryResult(graph, reports, counts, leftover, complete, problems)
 
 
-def _export(graph: gs.Graph) -> onnx.ModelProto:
-    model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+def _finish(model: onnx.ModelProto) -> None:
     model.producer_name = "bertrt"
-    return declare_plugin_domain(model)
+    declare_plugin_domain(model)
 
 
-def summarize(model: onnx.ModelProto):
-    """(plugin counts by name and version, unfused encoder ops left, validator problems)."""
-    from bertrt.plugins.specs import validate
+def summarize(graph):
+    """(plugin counts by name and version, unfused encoder ops left, validator problems) of a gs graph or model."""
+    from bertrt.plugins.nodes import read_attrs
     from bertrt.plugins.shapes import GraphInfo
+    from bertrt.plugins.specs import validate
 
-    info = GraphInfo.of(model)
+    info = GraphInfo.of(graph)
+    nodes = graph.nodes if isinstance(graph, gs.Graph) else graph.graph.node
+    op = (lambda n: n.op) if isinstance(graph, gs.Graph) else (lambda n: n.op_type)
     counts = Counter()
     problems = []
-    for n in model.graph.node:
-        if n.op_type in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM):
-            version = next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "?")
-            counts[f"{n.op_type} v{version}"] += 1
+    for n in nodes:
+        if op(n) in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM):
+            version = read_attrs(n).get("plugin_version")
+            counts[f"{op(n)} v{version.value if version else '?'}"] += 1
             problems += [f"{n.name}: {p}" for p in validate(n, info)]
-    leftover = Counter(n.op_type for n in model.graph.node if n.op_type in UNFUSED_OPS)
+    leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS)
     return dict(sorted(counts.items())), dict(sorted(leftover.items())), problems
 
 

@@ -16,6 +16,9 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from bertrt.surgery.graph_utils import ancestors, const_value
 
 
+FEED_BYTES = 1 << 20
+
+
 class RegionError(Exception):
     """The region could not be evaluated (an input it needs was not given)."""
 
@@ -38,7 +41,10 @@ def evaluate(graph: gs.Graph, outputs: list[gs.Tensor], feeds: list[tuple[gs.Ten
             if value is None:
                 raise RegionError(f"tensor {t.name} is needed but not given")
             seen.add(t.name)
-            inits.append(numpy_helper.from_array(np.asarray(value), t.name))
+            if value.nbytes > FEED_BYTES:  # handed over as an input: no copy into the region's protobuf
+                fed[id(t)] = (t, np.asarray(value))
+            else:
+                inits.append(numpy_helper.from_array(np.asarray(value), t.name))
     feed_by_name = {}
     for t, v in fed.values():
         inputs.append(helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape))
@@ -63,6 +69,9 @@ def _session(model: onnx.ModelProto):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the nodes as written
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle spinning starves numpy
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -51,3 +51,20 @@ def minilm_converted(minilm_ckpt, tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_onnx(minilm_converted):
     return minilm_converted[0]
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+EXPORTER_FIXTURES = ("hf_qa_eager", "hf_qa_sdpa", "torch_dynamo_qa", "torch_legacy_bert")
+
+
+@pytest.fixture(scope="session")
+def canonical_fixtures(tmp_path_factory):
+    """name -> canonical model path, for every exporter fixture (through `convert_onnx`)."""
+    from bertrt.convert.onnx_intake import convert_onnx
+
+    out = tmp_path_factory.mktemp("canonical")
+    paths = {}
+    for name in EXPORTER_FIXTURES + ("qat_qdq",):
+        paths[name] = out / f"{name}.onnx"
+        convert_onnx(FIXTURES / f"{name}.onnx", paths[name])
+    return paths

@@ -1,0 +1,112 @@
+"""``bertrt surgery``: fuse a canonical BERT into TensorRT plugin nodes, and inspect each pass."""
+
+from __future__ import annotations
+
+import click
+
+from bertrt import config
+
+
+def _log(msg):
+    click.echo(msg, err=True)
+
+
+@click.group()
+def surgery():
+    """Fuse the encoder into TensorRT BERT plugin nodes; run, debug and inspect each pass.
+
+    \b
+    bertrt surgery run model.onnx -o fused.onnx --target trt10 --precision fp16
+    bertrt surgery run model.onnx -o fused.onnx --dump-dir dumps --report report.json
+    bertrt surgery pass attention model.onnx -o attn.onnx
+    bertrt surgery inspect fused.onnx
+    """
+
+
+@surgery.command("list")
+def list_cmd():
+    """The passes, in the order `surgery run` applies them, and what each does."""
+    from bertrt.surgery.framework import all_passes
+    from bertrt.surgery.pipeline import DEFAULT_PASSES
+
+    passes = all_passes()
+    width = max(map(len, passes))
+    for name in DEFAULT_PASSES:
+        click.echo(f"{name:<{width}}  {passes[name].description}")
+    click.echo("\ntargets: " + ", ".join(config.names("targets")))
+
+
+def _targets():
+    return click.Choice(config.names("targets"))
+
+
+@surgery.command("run")
+@click.argument("src", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Fused ONNX file to write.")
+@click.option("--target", "-t", type=_targets(), default="trt10", show_default=True,
+              help="Which plugin versions and precision style (configs/targets).")
+@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--passes", default=None, help="Comma-separated pass names instead of the target's list.")
+@click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+              help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
+def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial):
+    """Fuse SRC (a canonical model from `bertrt convert`) into plugin nodes.
+
+    Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
+    not match, why. A partly fused encoder is an error unless --allow-partial.
+    """
+    _run(src, out, target, precision, passes.split(",") if passes else None, dump_dir, report_path,
+         allow_partial)
+
+
+@surgery.command("pass")
+@click.argument("name")
+@click.argument("src", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--target", "-t", type=_targets(), default="trt10", show_default=True)
+@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None)
+def pass_cmd(name, src, out, target, precision, report_path):
+    """Run one pass NAME alone on SRC (see `bertrt surgery list`)."""
+    from bertrt.surgery.framework import get_pass
+
+    get_pass(name)  # a clear error for an unknown name before reading the model
+    _run(src, out, target, precision, [name], None, report_path, allow_partial=True)
+
+
+@surgery.command("inspect")
+@click.argument("src", type=click.Path())
+def inspect_cmd(src):
+    """Plugin nodes by name and version, encoder ops left unfused, and validator problems."""
+    from bertrt.onnx_io import load_model
+    from bertrt.surgery.inspect_model import inspect
+
+    click.echo(inspect(load_model(src)))
+
+
+def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial):
+    from bertrt.errors import BertrtError
+    from bertrt.onnx_io import load_model
+    from bertrt.surgery import pipeline
+
+    model = load_model(src)
+    result = pipeline.run(model, target=target, precision=precision, passes=passes, dump_dir=dump_dir, log=_log,
+                          consume=True)
+    del model
+    click.echo(pipeline.report_table(result))
+    if report_path:
+        pipeline.write_report(result, report_path)
+    totals = pipeline.plugin_totals(result.counts)
+    if passes is None and not any(totals.values()):
+        raise BertrtError("not a BERT encoder: no embedding, attention or residual LayerNorm could be fused "
+                          "(see the report above)", src)
+    if result.problems:
+        raise BertrtError(f"{len(result.problems)} plugin node(s) fail the spec validator (see above); "
+                          "nothing written", src)
+    if passes is None and not result.complete and not allow_partial:
+        raise BertrtError("the encoder is only partly fused (see the misses above); nothing written. "
+                          "Use --allow-partial to write it anyway", src)
+    result.save(out)
+    click.echo(f"wrote {out}")
