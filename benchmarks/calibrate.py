@@ -1,0 +1,77 @@
+"""Calibration time and peak memory on BERT-Base at seq 384: 100 pydoc QA samples, per method.
+
+The base checkpoint and its canonical ONNX are made once and kept in the work folder. Each
+calibration runs in a fresh process so its peak resident memory (ru_maxrss) is its own.
+
+    python benchmarks/calibrate.py [--work DIR] [--methods percentile,minmax] [--num 100] [--seq 384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CALIB_JSON = Path(__file__).parents[1] / "calibrate" / "data" / "pydoc_qa_calib.json"
+
+CHILD = r"""
+import json, resource, sys, time
+from bertrt.calibrate.data_source import squad_feeds
+from bertrt.calibrate.stats import calibrate
+from bertrt.convert.zoo import vocab_path
+model, data, seq, num, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+t = time.perf_counter()
+feeds = squad_feeds(data, vocab_path(), seq, num)
+t_feat = time.perf_counter() - t
+t = time.perf_counter()
+r = calibrate(model, feeds, method=method, progress=False)
+print(json.dumps({"features_s": t_feat, "calibrate_s": time.perf_counter() - t, "samples": r.samples,
+                  "tensors": len(r.amax), "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=None, help="folder for the checkpoint and model [default: a temporary one]")
+    ap.add_argument("--methods", default="percentile")
+    ap.add_argument("--num", type=int, default=100)
+    ap.add_argument("--seq", type=int, default=384)
+    args = ap.parse_args()
+
+    from bertrt.convert import zoo
+    from bertrt.convert.tf_convert import convert_checkpoint
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-bench-"))
+    ckpt = work / "base"
+    if not (ckpt / "bert_config.json").exists():
+        print(f"making the base checkpoint in {ckpt} ...", file=sys.stderr)
+        zoo.make("base", ckpt)
+    model = work / f"base-{args.seq}.onnx"
+    if not model.exists():
+        print(f"converting it to {model} ...", file=sys.stderr)
+        convert_checkpoint(ckpt, model, seq=args.seq, log=lambda m: None)
+
+    rows = []
+    for method in args.methods.split(","):
+        print(f"calibrating ({method}, {args.num} samples) ...", file=sys.stderr)
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(CALIB_JSON), str(args.seq),
+                               str(args.num), method], capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr, file=sys.stderr)
+            raise SystemExit(f"calibration with {method} failed")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append((method, res["samples"], res["tensors"], res["features_s"], res["calibrate_s"],
+                     res["calibrate_s"] / res["samples"], res["peak_kib"] / 2**20))
+
+    print(f"\nBERT-Base, seq {args.seq}, ONNX Runtime CPU, batch 1")
+    print(f"{'method':<11} {'samples':>7} {'tensors':>7} {'features s':>10} {'calibrate s':>11} "
+          f"{'s/sample':>8} {'peak GiB':>8}")
+    for m, n, t, f, c, per, peak in rows:
+        print(f"{m:<11} {n:>7} {t:>7} {f:>10.1f} {c:>11.1f} {per:>8.2f} {peak:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

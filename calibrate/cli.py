@@ -1,0 +1,147 @@
+"""``bertrt calibrate``: INT8 ranges on the CPU, TensorRT 10 calibration caches, TensorRT 11 Q/DQ graphs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from bertrt.errors import BertrtError
+
+_err = click.get_text_stream("stderr")
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, file=_err)
+
+
+def _name_map(path):
+    if path is None:
+        return None
+    from bertrt.calibrate.ranges import read_name_map
+
+    return read_name_map(path)
+
+
+@click.group("calibrate")
+def calibrate():
+    """INT8 ranges on the CPU: calibration cache (TensorRT 10) or Q/DQ graph (TensorRT 11).
+
+    \b
+    bertrt calibrate ranges model.onnx --squad-json train-v1.1.json -o ranges.json
+    bertrt calibrate cache ranges.json --trt-version 10.16 -o calib.cache
+    bertrt calibrate qdq model.onnx --ranges ranges.json -o model.qdq.onnx
+    bertrt calibrate qat qat.onnx -o ranges.json
+    """
+
+
+@calibrate.command("ranges")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--squad-json", type=click.Path(path_type=Path), help="SQuAD-format questions to calibrate on.")
+@click.option("--npz-dir", type=click.Path(path_type=Path), help="Folder of .npz feeds (one array per model input).")
+@click.option("--calib-num", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Number of samples (first feature of each question, or .npz files).")
+@click.option("--method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
+              show_default=True)
+@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--gelu-clamp", type=float, default=10.0, show_default=True,
+              help="Fix every GELU output's range to +-this value (0: use the measured range).")
+@click.option("--vocab", type=click.Path(path_type=Path), help="vocab.txt for --squad-json [BERT uncased].")
+@click.option("--seq", type=click.IntRange(min=8), help="Sequence length, for a model whose sequence axis is free.")
+@click.option("--name-map", type=click.Path(path_type=Path),
+              help="JSON canonical tensor name -> fused tensor name, to key the ranges by the fused graph.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_clamp, vocab, seq, name_map, output):
+    """Measure per-tensor INT8 ranges (amax) of a canonical MODEL with ONNX Runtime."""
+    from bertrt.calibrate import data_source
+    from bertrt.calibrate.ranges import write_ranges
+    from bertrt.calibrate.stats import calibrate as run_calibration
+    from bertrt.onnx_io import load_model
+
+    if (squad_json is None) == (npz_dir is None):
+        raise click.UsageError("give exactly one of --squad-json and --npz-dir")
+    names = _name_map(name_map)
+    proto = load_model(model, load_external_data=False)
+    if npz_dir is not None:
+        inputs = data_source.model_inputs(proto)
+        feeds = data_source.npz_feeds(npz_dir, inputs, calib_num)
+    else:
+        seq = data_source.model_seq(proto, model, seq)
+        if vocab is None:
+            from bertrt.convert.zoo import vocab_path
+
+            vocab = vocab_path()
+        feeds = data_source.squad_feeds(squad_json, vocab, seq, calib_num)
+    del proto
+    start = time.perf_counter()
+    result = run_calibration(model, feeds, method=method, percentile=percentile, gelu_clamp=gelu_clamp or None)
+    for note in result.notes:
+        _log(f"note: {note}")
+    written = write_ranges(output, result.amax, names)
+    _log(f"{len(written)} tensor ranges from {result.samples} samples ({method}) in "
+         f"{time.perf_counter() - start:.1f} s -> {output}")
+
+
+@calibrate.command("cache")
+@click.argument("ranges", type=click.Path(path_type=Path))
+@click.option("--trt-version", required=True, help="TensorRT version the cache is for, e.g. 10.16 or 8.6.1.")
+@click.option("--algorithm", type=click.Choice(["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration",
+                                                "LegacyCalibration"]),
+              default="EntropyCalibration2", show_default=True,
+              help="Algorithm named in the header; TensorRT reuses a cache only for the same calibrator type.")
+@click.option("--name-map", type=click.Path(path_type=Path),
+              help="JSON canonical tensor name -> fused tensor name.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def cache_cmd(ranges, trt_version, algorithm, name_map, output):
+    """Write a ranges file as a TensorRT calibration cache (scale = amax / 127)."""
+    from bertrt.calibrate.cache import write_cache
+    from bertrt.calibrate.ranges import read_ranges
+
+    amax = read_ranges(ranges)
+    text = write_cache(output, amax, trt_version, algorithm, _name_map(name_map))
+    _log(f"{text.splitlines()[0]}: {len(text.splitlines()) - 1} tensors -> {output}")
+
+
+@calibrate.command("qdq")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--ranges", "ranges_path", type=click.Path(path_type=Path), required=True,
+              help="Ranges keyed by MODEL's tensor names.")
+@click.option("--skip", multiple=True, help="GEMM node to leave in float (repeatable).")
+@click.option("--allow-missing", is_flag=True, help="Leave GEMMs whose input has no range in float.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def qdq_cmd(model, ranges_path, skip, allow_missing, output):
+    """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs."""
+    from bertrt.calibrate.qdq import insert_qdq
+    from bertrt.calibrate.ranges import read_ranges
+    from bertrt.onnx_io import load_model, save_model
+
+    amax = read_ranges(ranges_path)
+    proto = load_model(model)
+    try:
+        out, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
+    except BertrtError as e:
+        raise BertrtError(e.problem, e.path or model) from None
+    if not report.quantized:
+        raise BertrtError("no GEMM with a constant weight to quantize", model)
+    for node, why in report.skipped.items():
+        _log(f"left in float: {node}: {why}")
+    save_model(out, output)
+    _log(f"{len(report.quantized)} GEMMs quantized ({len(report.activations)} activations) -> {output}")
+
+
+@calibrate.command("qat")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--name-map", type=click.Path(path_type=Path), help="JSON tensor name -> name in the target graph.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def qat_cmd(model, name_map, output):
+    """Ranges of a Q/DQ (QAT) MODEL from its own scales: amax = scale x 127."""
+    from bertrt.calibrate.qat import qat_ranges
+    from bertrt.calibrate.ranges import write_ranges
+    from bertrt.onnx_io import load_model
+
+    result = qat_ranges(load_model(model), model)
+    for note in result.notes:
+        _log(f"note: {note}")
+    written = write_ranges(output, result.amax, _name_map(name_map))
+    _log(f"{len(written)} activation ranges -> {output}")

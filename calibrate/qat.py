@@ -1,0 +1,67 @@
+"""Ranges of a quantization-aware (Q/DQ) model from its own scales: amax = scale x 127.
+
+Every QuantizeLinear on an activation (its input is not a constant) gives the range of the tensor it
+quantizes, so a QAT graph's ranges file and TensorRT calibration cache need no recalibration. TensorRT's
+ranges are symmetric; a non-zero zero point (asymmetric quantization, e.g. onnxruntime's uint8/int8
+activations) is reported, since scale x 127 then covers a range shifted from the one the graph uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from bertrt.errors import BertrtError
+
+QMAX = 127
+
+
+@dataclass
+class QatRanges:
+    amax: dict[str, float]  # quantized activation tensor -> scale x 127
+    notes: list[str] = field(default_factory=list)
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    values[node.output[0]] = a.t
+    return values
+
+
+def qat_ranges(model: onnx.ModelProto, path="<model>") -> QatRanges:
+    """amax of each activation quantized by a QuantizeLinear, keyed by the tensor the QuantizeLinear reads."""
+    consts = _constants(model)
+    amax: dict[str, float] = {}
+    notes = []
+    asymmetric = 0
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in consts:
+            continue  # a constant input is a weight, not an activation
+        tensor, scale_name = node.input[0], node.input[1]
+        if scale_name not in consts:
+            raise BertrtError(f"QuantizeLinear {node.name or tensor}: its scale {scale_name} is not a constant", path)
+        scale = numpy_helper.to_array(consts[scale_name])
+        if scale.size != 1:
+            notes.append(f"{tensor}: per-channel activation scale ({scale.size} values) left out")
+            continue
+        if len(node.input) > 2 and node.input[2] in consts:
+            if np.any(numpy_helper.to_array(consts[node.input[2]]) != 0):
+                asymmetric += 1
+        # float64 product of a float32 scale and 127 is exact (24 + 7 bits < 53).
+        value = float(np.float64(scale.reshape(())) * QMAX)
+        if tensor in amax and amax[tensor] != value:
+            notes.append(f"{tensor}: quantized with several scales; the largest is kept")
+        amax[tensor] = max(value, amax.get(tensor, 0.0))
+    if not amax:
+        raise BertrtError("no QuantizeLinear on an activation: not a Q/DQ (QAT) model", path)
+    if asymmetric:
+        notes.append(f"{asymmetric} of {len(amax)} activations have a non-zero zero point (asymmetric); "
+                     f"the symmetric ranges scale x 127 differ from them by the zero-point shift")
+    return QatRanges(amax=amax, notes=notes)

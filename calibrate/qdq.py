@@ -1,0 +1,135 @@
+"""Explicit INT8 (TensorRT 11): QuantizeLinear/DequantizeLinear on the inputs of the weight GEMMs.
+
+Each MatMul/Gemm with a constant weight gets
+  * its activation through Q -> DQ, per-tensor symmetric: scale = amax / 127, zero point 0 (int8);
+  * its weight stored as int8 with a per-output-channel DequantizeLinear, symmetric: scale = max|w| / 127.
+Everything else (LayerNorm, GELU, Softmax, the embedding gathers, the attention batched GEMMs, plugin
+nodes) stays in float, which is what TensorRT 11 fuses with the BERT plugins running in FP16.
+The ranges are keyed by the given graph's own tensor names, so this works on the canonical model and on a
+fused graph alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from bertrt.calibrate.tensors import GraphIndex, weight_gemms
+from bertrt.errors import BertrtError
+
+QMAX = 127
+
+
+@dataclass
+class QdqReport:
+    quantized: list[str] = field(default_factory=list)  # GEMM node names
+    skipped: dict[str, str] = field(default_factory=dict)  # GEMM node name -> why
+    activations: dict[str, float] = field(default_factory=dict)  # activation tensor -> scale
+
+
+def symmetric_scale(amax: np.ndarray | float) -> np.ndarray:
+    """amax / 127 in float32; a zero range gets scale 1 (the tensor is all zeros, any scale represents it)."""
+    amax = np.asarray(amax, dtype=np.float64)
+    return np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, float32 per-channel scale) with channels along ``axis``; values in [-127, 127]."""
+    w = np.asarray(w, dtype=np.float32)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = symmetric_scale(np.max(np.abs(w), axis=reduce))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def _weight_axis(node: gs.Node, w: np.ndarray) -> int | None:
+    """The output-channel axis of a 2-D weight: MatMul B [K, N] -> 1; Gemm B with transB [N, K] -> 0."""
+    if w.ndim != 2:
+        return None
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return 1
+
+
+def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes: Iterable[str] = (),
+               allow_missing: bool = False) -> tuple[onnx.ModelProto, QdqReport]:
+    """A copy of ``model`` with Q/DQ on every weight GEMM (see the module text); ranges keyed by its tensors.
+
+    A GEMM whose activation has no range is an error, or with ``allow_missing`` stays in float (reported).
+    """
+    skip = set(skip_nodes)
+    targets = {node.name: act for node, act in weight_gemms(GraphIndex(model))}
+    missing = sorted({act for name, act in targets.items() if name not in skip and act not in amax})
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise BertrtError(f"no range for {len(missing)} GEMM input tensor(s) of the model: {shown} "
+                          f"(ranges computed on another graph? map the names, or allow missing ones)")
+    graph = gs.import_onnx(model)
+    opset = graph.opset
+    if opset < 13:
+        raise BertrtError(f"the model's opset {opset} has no per-channel DequantizeLinear; opset 13 or newer needed")
+    report = QdqReport()
+    dq_of: dict[str, gs.Variable] = {}  # activation -> its dequantized copy, shared by the GEMMs reading it
+    wq_of: dict[str, gs.Variable] = {}  # weight -> its dequantized copy
+
+    for node in graph.nodes:
+        if node.name not in targets:
+            continue
+        act_name = targets[node.name]
+        if node.name in skip:
+            report.skipped[node.name] = "skipped on request"
+            continue
+        if act_name not in amax:
+            report.skipped[node.name] = f"no range for its input {act_name}"
+            continue
+        weight = node.inputs[1]
+        w = weight.values if isinstance(weight, gs.Constant) else None
+        axis = _weight_axis(node, w) if w is not None else None
+        if axis is None or w.dtype != np.float32:
+            report.skipped[node.name] = "weight is not a 2-D float32 constant"
+            continue
+        act = node.inputs[0]
+        if act.name not in dq_of:
+            scale = symmetric_scale(amax[act.name])
+            dq_of[act.name] = _qdq(graph, act, scale)
+            report.activations[act.name] = float(scale)
+        if weight.name not in wq_of:
+            q, scale = quantize_weight(w, axis)
+            wq_of[weight.name] = _dequantize_weight(graph, weight.name, q, scale, axis)
+        node.inputs[0] = dq_of[act.name]
+        node.inputs[1] = wq_of[weight.name]
+        report.quantized.append(node.name)
+
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    return out, report
+
+
+def _qdq(graph: gs.Graph, act: gs.Variable, scale: np.ndarray) -> gs.Variable:
+    base = act.name
+    s = gs.Constant(f"{base}_qdq_scale", np.asarray(scale, dtype=np.float32))
+    zp = gs.Constant(f"{base}_qdq_zero_point", np.zeros((), dtype=np.int8))
+    q = gs.Variable(f"{base}_quantized", dtype=np.int8, shape=act.shape)
+    dq = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=act.shape)
+    graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[act, s, zp], outputs=[q]))
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q, s, zp], outputs=[dq]))
+    return dq
+
+
+def _dequantize_weight(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndarray, axis: int) -> gs.Variable:
+    wq = gs.Constant(f"{name}_int8", q)
+    s = gs.Constant(f"{name}_scale", scale)
+    zp = gs.Constant(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8))
+    dq = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=list(q.shape))
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", attrs={"axis": axis},
+                               inputs=[wq, s, zp], outputs=[dq]))
+    return dq
