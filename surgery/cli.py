@@ -18,6 +18,7 @@ def surgery():
     \b
     bertrt surgery run model.onnx -o fused.onnx --target trt10 --precision fp16
     bertrt surgery run model.onnx -o fused.onnx --dump-dir dumps --report report.json
+    bertrt surgery run model.onnx -o packed.onnx --varseqlen
     bertrt surgery pass attention model.onnx -o attn.onnx
     bertrt surgery inspect fused.onnx
     """
@@ -27,12 +28,13 @@ def surgery():
 def list_cmd():
     """The passes, in the order `surgery run` applies them, and what each does."""
     from bertrt.surgery.framework import all_passes
-    from bertrt.surgery.pipeline import DEFAULT_PASSES
+    from bertrt.surgery.pipeline import DEFAULT_PASSES, VARSEQLEN_PASS
 
     passes = all_passes()
     width = max(map(len, passes))
     for name in DEFAULT_PASSES:
         click.echo(f"{name:<{width}}  {passes[name].description}")
+    click.echo(f"{VARSEQLEN_PASS:<{width}}  {passes[VARSEQLEN_PASS].description} Added by --varseqlen.")
     click.echo("\ntargets: " + ", ".join(config.names("targets")))
 
 
@@ -51,14 +53,18 @@ def _targets():
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
-def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial):
+@click.option("--varseqlen", is_flag=True,
+              help="Pack: var-seqlen plugins on packed tokens (inputs [T] + cu_seqlens + max_seqlen); forces fp16.")
+def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen):
     """Fuse SRC (a canonical model from `bertrt convert`) into plugin nodes.
 
     Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
     not match, why. A partly fused encoder is an error unless --allow-partial.
     """
+    if varseqlen and precision != "fp16":
+        _log("--varseqlen: precision fp16 (the var-seqlen plugins have no FP32)")
     _run(src, out, target, precision, passes.split(",") if passes else None, dump_dir, report_path,
-         allow_partial)
+         allow_partial, varseqlen)
 
 
 @surgery.command("pass")
@@ -86,14 +92,17 @@ def inspect_cmd(src):
     click.echo(inspect(load_model(src)))
 
 
-def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial):
+def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen=False):
     from bertrt.errors import BertrtError
     from bertrt.onnx_io import load_model
     from bertrt.surgery import pipeline
 
     model = load_model(src)
-    result = pipeline.run(model, target=target, precision=precision, passes=passes, dump_dir=dump_dir, log=_log,
-                          consume=True)
+    try:
+        result = pipeline.run(model, target=target, precision=precision, passes=passes, dump_dir=dump_dir, log=_log,
+                              consume=True, varseqlen=varseqlen)
+    except BertrtError as e:  # a pass refusing the model (a plugin limit) names the model
+        raise e if e.path else BertrtError(e.problem, src) from None
     del model
     click.echo(pipeline.report_table(result))
     if report_path:
@@ -104,6 +113,9 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
                           "(see the report above)", src)
     if result.problems:
         raise BertrtError(f"{len(result.problems)} plugin node(s) fail the spec validator (see above); "
+                          "nothing written", src)
+    if varseqlen and not any(r.rewrites for r in result.reports if r.name == pipeline.VARSEQLEN_PASS):
+        raise BertrtError("the fused graph could not be packed for var-seqlen (see the misses above); "
                           "nothing written", src)
     if passes is None and not result.complete and not allow_partial:
         raise BertrtError("the encoder is only partly fused (see the misses above); nothing written. "

@@ -22,6 +22,7 @@ DEFAULT_PASSES = ["sanitize", "layernorm", "attention", "embeddings", "skip_laye
 # Ops that must not be left in a fully fused encoder.
 UNFUSED_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "GlobalAveragePool", "Erf")
 PRECISIONS = ("fp32", "fp16")
+VARSEQLEN_PASS = "pack-varseqlen"
 
 
 @dataclass
@@ -51,13 +52,18 @@ def passes_for(target: dict) -> list[str]:
 
 
 def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
-        dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False) -> SurgeryResult:
+        dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False,
+        varseqlen: bool = False) -> SurgeryResult:
     """Run the passes. With ``consume`` the weights move out of ``model`` (which is left without them),
-    so that a large model is held once, not twice."""
+    so that a large model is held once, not twice. ``varseqlen`` appends the pack-varseqlen pass and runs
+    in FP16 (the var-seqlen plugins have no FP32)."""
     if precision not in PRECISIONS:
         raise BertrtError(f"precision {precision!r} is not supported by surgery yet; choose from {', '.join(PRECISIONS)}")
     tgt = config.target(target)
     names = passes or passes_for(tgt)
+    if varseqlen:
+        names = [n for n in names if n != VARSEQLEN_PASS] + [VARSEQLEN_PASS]
+        precision = "fp16"
     pass_objs = [get_pass(n) for n in names]
     graph = import_with_shapes(model)
     detach_weights(graph, free_source=consume)

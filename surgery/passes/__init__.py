@@ -6,6 +6,7 @@ from bertrt.surgery.passes import (  # noqa: F401
     gelu,
     layernorm,
     layout,
+    pack_varseqlen,
     precision,
     sanitize,
     skip_layernorm,

@@ -71,15 +71,18 @@ class EmbeddingsPass(Pass):
             report.miss("graph", "inputs input_ids, segment_ids and input_mask are needed (run `bertrt convert`)")
             return
         version = ctx.plugin_version("emb_layernorm")
-        for ln in [n for n in graph.nodes if n.op == "LayerNormalization"]:
+        lns = [n for n in graph.nodes if n.op == "LayerNormalization"]  # topological order
+        for i, ln in enumerate(lns):
             leaves = []
             _leaves(ln.inputs[0], leaves)
-            if len(leaves) < 2:
-                continue
             kinds = [_classify(leaf, ids, seg) for leaf in leaves]
-            if not any(k == "word" for k, _ in kinds):
-                continue  # not the embedding LayerNorm
             where = f"LayerNormalization {ln.name}"
+            if not any(k == "word" for k, _ in kinds):
+                if i == 0:  # the first LayerNorm of a BERT is the embeddings'
+                    reasons = [r for k, r in kinds if k is None] or ["no word embedding (a Gather of a table by "
+                                                                     "input_ids) among its summands"]
+                    report.miss(where, reasons[0])
+                continue
             bad = [r for k, r in kinds if k is None]
             if bad:
                 report.miss(where, bad[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from bertrt.surgery.elementwise_region import candidate_outputs, grow
@@ -19,11 +20,11 @@ from bertrt.surgery.region import RegionError, evaluate
 
 GELU_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Cast"}
 GELU_OPSET = 20
-# Ops whose signature or meaning changed between opset 17 and 20: raising the opset would break them.
-CHANGED_BY_20 = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                 "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Split", "Pad", "Resize", "ScatterND",
-                 "ScatterElements", "Col2Im", "GroupNormalization", "CenterCropPad", "DFT", "GridSample",
-                 "AffineGrid", "ConstantOfShape", "IsInf", "IsNaN"}
+# Ops whose meaning changed between opset 17 and 20 in a way this pass does not rewrite.
+CHANGED_BY_20 = {"DFT", "GridSample"}
+# Reductions whose axes moved from an attribute to an input in opset 18.
+REDUCE_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+             "ReduceLogSumExp", "ReduceSumSquare"}
 TOLERANCE = 2e-5
 
 
@@ -64,7 +65,7 @@ class GeluPass(Pass):
         anchors = [n for n in graph.nodes if n.op in ("Erf", "Tanh")]
         if not anchors:
             return
-        blockers = sorted({n.op for n in graph.nodes if n.op in CHANGED_BY_20 and n.domain in ("", "ai.onnx")})
+        blockers = sorted({n.op for n in graph.nodes if n.op in CHANGED_BY_20 and (n.domain or "") in ("", "ai.onnx")})
         if graph.opset < GELU_OPSET and blockers:
             for a in anchors:
                 report.miss(f"{a.op} {a.name}", f"the Gelu op needs opset {GELU_OPSET}, and the graph still has "
@@ -107,12 +108,33 @@ class GeluPass(Pass):
             report.rewrites += 1
         if report.rewrites and graph.opset < GELU_OPSET:
             report.notes.append(f"opset raised from {graph.opset} to {GELU_OPSET} for Gelu")
+            upgraded = upgrade_to_18(graph)
+            if upgraded:
+                report.notes.append(f"{upgraded} node(s) rewritten in their opset-18 form")
             set_opset(graph, GELU_OPSET)
+
+
+def upgrade_to_18(graph: gs.Graph) -> int:
+    """Rewrite the ops whose form changed in opset 18 (reduction axes as an input, Split's num_outputs)."""
+    n = 0
+    if graph.opset >= 18:
+        return 0
+    for node in graph.nodes:
+        if (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        if node.op in REDUCE_18 and "axes" in node.attrs:
+            axes = np.asarray(node.attrs.pop("axes"), np.int64)
+            node.inputs.append(gs.Constant(f"{node.name}/axes", axes))
+            n += 1
+        elif node.op == "Split" and (len(node.inputs) < 2 or not node.inputs[1].name):
+            node.attrs["num_outputs"] = len(node.outputs)
+            n += 1
+    return n
 
 
 def set_opset(graph: gs.Graph, version: int) -> None:
     """The default domain's opset, both where graphsurgeon keeps it and in the imports it exports."""
     graph.opset = version
-    for imp in graph.import_domains or []:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = version
+    # New entries: graphsurgeon keeps the source model's own OperatorSetIdProtos, which must not change.
+    graph.import_domains = [onnx.helper.make_opsetid(imp.domain, version if imp.domain in ("", "ai.onnx") else imp.version)
+                            for imp in graph.import_domains or []] or None
