@@ -141,3 +141,112 @@ def _varint(n: int) -> bytes:
         out.append(b | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def read_streaming(path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """(model whose large initializers are data-less stubs, name -> array for them), reading one weight at a
+    time: the file's bytes and a parsed copy of all its weights are never in memory together."""
+    import mmap
+
+    path = Path(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        head, graph_rest, stubs, weights = bytearray(), bytearray(), [], {}
+        pos, end = 0, len(mm)
+        while pos < end:
+            start = pos
+            field, wire, pos = _tag(mm, pos)
+            value_start, pos = _skip(mm, pos, wire)
+            if field != 7 or wire != 2:  # everything but ModelProto.graph
+                head += mm[start:pos]
+                continue
+            gpos = value_start
+            while gpos < pos:
+                gstart = gpos
+                gfield, gwire, gpos = _tag(mm, gpos)
+                vstart, gpos = _skip(mm, gpos, gwire)
+                if gfield == 5 and gwire == 2 and gpos - vstart >= STREAM_BYTES:  # a large initializer
+                    tensor = onnx.TensorProto.FromString(mm[vstart:gpos])
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        graph_rest += mm[gstart:gpos]
+                        continue
+                    weights[tensor.name] = numpy_helper.to_array(tensor)
+                    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type)
+                    stub.dims.extend(tensor.dims)
+                    stubs.append(stub)
+                    del tensor
+                else:
+                    graph_rest += mm[gstart:gpos]
+    model = onnx.ModelProto.FromString(bytes(head))
+    model.graph.ParseFromString(bytes(graph_rest))
+    model.graph.initializer.extend(stubs)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        _read_external(model, path.parent, weights)
+    return model, weights
+
+
+def _read_external(model, folder: Path, weights) -> None:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = ExternalDataInfo(t)
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        count = int(np.prod(t.dims)) if t.dims else 1
+        with open(folder / info.location, "rb") as f:
+            f.seek(info.offset or 0)
+            weights[t.name] = np.fromfile(f, dtype=dtype, count=count).reshape(tuple(t.dims))
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def import_streaming(path) -> gs.Graph:
+    """A graphsurgeon graph (with inferred shapes) of the model at path, its weights read one at a time."""
+    from bertrt.errors import BertrtError
+    from bertrt.onnx_io import check_file
+    from bertrt.sanitize import import_with_shapes
+
+    path = check_file(path)
+    try:
+        model, weights = read_streaming(path)
+    except FileNotFoundError as e:
+        raise BertrtError(f"external data file missing: {e.filename}", path)
+    except Exception as e:  # protobuf and the wire reader fail in several ways on a damaged file
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+    if not model.graph.node or not model.graph.output:
+        raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    graph = import_with_shapes(model)
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and t.name in weights:
+            t.values = weights[t.name]
+    return graph
+
+
+def _varint_at(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _tag(buf, pos: int) -> tuple[int, int, int]:
+    tag, pos = _varint_at(buf, pos)
+    return tag >> 3, tag & 7, pos
+
+
+def _skip(buf, pos: int, wire: int) -> tuple[int, int]:
+    """(start of the field's value, end of the field) for a field whose tag ends at pos."""
+    if wire == 0:
+        return pos, _varint_at(buf, pos)[1]
+    if wire == 1:
+        return pos, pos + 8
+    if wire == 5:
+        return pos, pos + 4
+    if wire == 2:
+        length, start = _varint_at(buf, pos)
+        return start, start + length
+    raise ValueError(f"unsupported protobuf wire type {wire}")

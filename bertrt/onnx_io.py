@@ -16,7 +16,8 @@ from bertrt.errors import BertrtError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+def check_file(path: str | os.PathLike) -> Path:
+    """The path, if it names a non-empty file; a clear error otherwise."""
     path = Path(path)
     if not path.exists():
         raise BertrtError("no such file", path)
@@ -24,6 +25,11 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise BertrtError("is a folder, expected an ONNX file", path)
     if path.stat().st_size == 0:
         raise BertrtError("empty file, expected an ONNX model", path)
+    return path
+
+
+def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    path = check_file(path)
     try:
         model = onnx.load(os.fspath(path), load_external_data=load_external_data)
     except (DecodeError, RuntimeError, ValueError) as e:

@@ -94,16 +94,13 @@ def inspect_cmd(src):
 
 def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen=False):
     from bertrt.errors import BertrtError
-    from bertrt.onnx_io import load_model
     from bertrt.surgery import pipeline
 
-    model = load_model(src)
     try:
-        result = pipeline.run(model, target=target, precision=precision, passes=passes, dump_dir=dump_dir, log=_log,
-                              consume=True, varseqlen=varseqlen)
+        result = pipeline.run_file(src, target=target, precision=precision, passes=passes, dump_dir=dump_dir,
+                                   log=_log, varseqlen=varseqlen)
     except BertrtError as e:  # a pass refusing the model (a plugin limit) names the model
         raise e if e.path else BertrtError(e.problem, src) from None
-    del model
     click.echo(pipeline.report_table(result))
     if report_path:
         pipeline.write_report(result, report_path)

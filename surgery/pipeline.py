@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from bertrt import config
 from bertrt.errors import BertrtError
-from bertrt.graph_io import detach_weights, full_model, save_graph
+from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
@@ -54,19 +54,38 @@ def passes_for(target: dict) -> list[str]:
 def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
         dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False,
         varseqlen: bool = False) -> SurgeryResult:
-    """Run the passes. With ``consume`` the weights move out of ``model`` (which is left without them),
-    so that a large model is held once, not twice. ``varseqlen`` appends the pack-varseqlen pass and runs
-    in FP16 (the var-seqlen plugins have no FP32)."""
+    """Run the passes on an in-memory model. With ``consume`` the weights move out of ``model`` (which is
+    left without them), so that a large model is held once, not twice. ``varseqlen`` appends the
+    pack-varseqlen pass and runs in FP16 (the var-seqlen plugins have no FP32)."""
+    _check_options(target, precision, passes)
+    graph = import_with_shapes(model)
+    detach_weights(graph, free_source=consume)
+    return run_graph(graph, target, precision, passes, dump_dir, log, varseqlen)
+
+
+def run_file(path, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
+             dump_dir=None, log=lambda msg: None, varseqlen: bool = False) -> SurgeryResult:
+    """Run the passes on the model at path, reading its weights one at a time (peak memory near one copy)."""
+    _check_options(target, precision, passes)
+    return run_graph(import_streaming(path), target, precision, passes, dump_dir, log, varseqlen)
+
+
+def _check_options(target, precision, passes) -> None:
     if precision not in PRECISIONS:
         raise BertrtError(f"precision {precision!r} is not supported by surgery yet; choose from {', '.join(PRECISIONS)}")
+    config.target(target)
+    for name in passes or ():
+        get_pass(name)
+
+
+def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
+              dump_dir=None, log=lambda msg: None, varseqlen: bool = False) -> SurgeryResult:
     tgt = config.target(target)
     names = passes or passes_for(tgt)
     if varseqlen:
         names = [n for n in names if n != VARSEQLEN_PASS] + [VARSEQLEN_PASS]
         precision = "fp16"
     pass_objs = [get_pass(n) for n in names]
-    graph = import_with_shapes(model)
-    detach_weights(graph, free_source=consume)
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
     seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
     ctx = Context(target=tgt, precision=precision, seq=seq)
