@@ -69,6 +69,14 @@ def read_attrs(node) -> dict[str, Attr]:
     return out
 
 
+def read_scalar_attrs(node) -> dict[str, Attr]:
+    """Like read_attrs, without the weight (TENSOR) attributes: cheap for a node carrying large tables."""
+    if isinstance(node, gs.Node):
+        light = {k: v for k, v in node.attrs.items() if not isinstance(v, (gs.Constant, np.ndarray))}
+        node = gs.Node(op=node.op, name=node.name, attrs=light, domain=node.domain)
+    return {k: a for k, a in read_attrs(node).items() if a.kind != "TENSOR"}
+
+
 def plugin_version(node) -> str | None:
     """The version string, or None if it is missing or not a STRING."""
     a = read_attrs(node).get("plugin_version")

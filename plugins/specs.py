@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from bertrt.plugins.nodes import (EMB_LAYER_NORM, FC, GELU, PLUGIN_DOMAIN, QKV_TO_CONTEXT, SKIP_LAYER_NORM,
-                                  TYPE_FP16, TYPE_INT8, as_node_proto, read_attrs)
+                                  TYPE_FP16, TYPE_INT8, as_node_proto, read_attrs,
+                                  read_scalar_attrs)
 from bertrt.plugins.shapes import GraphInfo
 
 
@@ -478,7 +479,7 @@ def _qkv_rules(spec, v, E, inputs, outputs, info) -> list[str]:
         if info is not None:
             prod = info.producer(mask)
             if prod is not None and _is(prod, EMB_LAYER_NORM):
-                pv = read_attrs(prod)
+                pv = read_scalar_attrs(prod)
                 mha = pv["mha_type_id"].value if "mha_type_id" in pv else 0
                 if mha != v["type_id"]:
                     problems.append(f"the EmbLayerNorm producing {mask} has mha_type_id {mha} but this node's "
@@ -527,7 +528,7 @@ def _producer_rank(info, name) -> int | None:
     prod = info.producer(name)
     if prod is None or not _is(prod, EMB_LAYER_NORM):
         return None
-    ver = read_attrs(prod).get("plugin_version")
+    ver = read_scalar_attrs(prod).get("plugin_version")
     spec = get_spec(EMB_LAYER_NORM, ver.value) if ver is not None and ver.kind == "STRING" else None
     outs = list(prod.output) if hasattr(prod, "output") else [t.name for t in prod.outputs]
     if spec is None or name not in outs:

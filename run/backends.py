@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.errors import BertrtError, ToolMissing
+from bertrt.run.packing import MAX_SEQLEN, model_max_length, pack_varseqlen, unpack_varseqlen  # noqa: F401
 
 INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 VARSEQLEN_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
@@ -66,6 +67,7 @@ class InputShape:
     seq: int | None
     varseqlen: bool = False
     max_batch: int | None = None  # the largest batch it takes at once (engines: the profiles' max)
+    max_seqlen: int = MAX_SEQLEN  # var-seqlen: the longest sequence the model computes
 
     def describe(self) -> str:
         b = self.batch if self.batch is not None else (f"1..{self.max_batch}" if self.max_batch else "any")
@@ -86,37 +88,6 @@ def check_feeds(feeds: dict[str, np.ndarray], path=None) -> tuple[int, int]:
             raise BertrtError(f"input '{name}' has shape {arr.shape}, the others {shape}", path)
         shape = arr.shape
     return shape
-
-
-def pack_varseqlen(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """[B, S] canonical feeds → packed var-seqlen feeds: each sequence's real tokens, back to back.
-
-    A sequence's length is its mask's sum (features put real tokens first). ``max_seqlen`` carries only
-    its shape, as the plugins read it: the padded length S.
-    """
-    mask = np.asarray(feeds["input_mask"])
-    B, S = mask.shape
-    lengths = mask.astype(np.int64).sum(axis=1)
-    keep = np.arange(S)[None, :] < lengths[:, None]
-    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return {"input_ids": np.asarray(feeds["input_ids"], dtype=np.int32)[keep],
-            "segment_ids": np.asarray(feeds["segment_ids"], dtype=np.int32)[keep],
-            "cu_seqlens": cu, "max_seqlen": np.zeros(S, dtype=np.int32)}
-
-
-def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Packed logits [T, 2] (or the demo's [2, T, 1, 1]) → [B, S, 2], zeros where the mask is 0."""
-    mask = np.asarray(mask)
-    B, S = mask.shape
-    keep = np.arange(S)[None, :] < mask.astype(np.int64).sum(axis=1)[:, None]
-    T = int(keep.sum())
-    logits = np.asarray(logits)
-    if logits.shape[:1] == (2,) and logits.size == 2 * T and logits.shape[0] != T:
-        logits = logits.reshape(2, T).T
-    logits = logits.reshape(T, 2)
-    out = np.zeros((B, S, 2), dtype=np.float32)
-    out[keep] = logits
-    return out
 
 
 class Backend:
@@ -145,7 +116,8 @@ class Backend:
             if shape.batch is not None and n < shape.batch:  # a fixed batch: pad with empty rows
                 chunk = {k: np.concatenate([a, np.zeros((shape.batch - n, S), np.int32)]) for k, a in chunk.items()}
             if shape.varseqlen:
-                logits = unpack_varseqlen(self._run(pack_varseqlen(chunk)), chunk["input_mask"])
+                packed = pack_varseqlen(chunk, max_len=shape.max_seqlen, path=self.path)
+                logits = unpack_varseqlen(self._run(packed), chunk["input_mask"])
             else:
                 logits = np.asarray(self._run(chunk), dtype=np.float32).reshape(chunk["input_ids"].shape + (2,))
             outs.append(logits[:n])
@@ -175,7 +147,7 @@ def onnx_input_shape(model, path=None) -> InputShape:
         missing = [n for n in VARSEQLEN_NAMES if n not in inputs]
         if missing:
             raise BertrtError(f"var-seqlen model has no input '{missing[0]}'", path)
-        return InputShape(None, None, varseqlen=True)
+        return InputShape(None, None, varseqlen=True, max_seqlen=model_max_length(model))
     missing = [n for n in INPUT_NAMES if n not in inputs]
     if missing:
         raise BertrtError(f"model has no input '{missing[0]}' (inputs: {', '.join(inputs)}); "

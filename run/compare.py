@@ -209,6 +209,9 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     path_a = None if isinstance(a, onnx.ModelProto) else a
     ma = a if isinstance(a, onnx.ModelProto) else load_model(a)
     mb = b if isinstance(b, onnx.ModelProto) else load_model(b)
+    if is_packed(ma) or is_packed(mb):
+        raise BertrtError("a packed (var-seqlen) model takes other inputs than a padded one: compare it with "
+                          "compare_packed(padded, packed)", path_a if is_packed(ma) else None)
     if precision is None:
         precision = max(plugin_precision(ma), plugin_precision(mb), key=list(TOLERANCES).index)
     if precision not in TOLERANCES:
@@ -243,3 +246,103 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     only = {k: v for k, v in (("A", [n for n in names_a if n not in common]),
                               ("B", [n for n in names_b if n not in common])) if v}
     return CompareResult(all(d.passed for d in diffs), diffs, atol, rtol, precision, (ka, kb), len(feeds), only)
+
+
+# ---------------------------------------------------------------- packed (var-seqlen) against padded
+
+
+def is_packed(model: onnx.ModelProto) -> bool:
+    """Whether a model takes the var-seqlen (packed) inputs."""
+    return _find_input(model, ("cu_seqlens",)) is not None
+
+
+@dataclass
+class SequenceDiff:
+    index: int
+    length: int
+    max_abs: float
+    max_rel: float
+    passed: bool
+
+
+@dataclass
+class PackedCompareResult:
+    """Per sequence: the packed model's logits against the padded model's at the sequence's real tokens."""
+
+    passed: bool
+    sequences: list[SequenceDiff]
+    tokens: object  # bertrt.run.packing.TokenCount over all iterations
+    atol: float
+    rtol: float
+    precision: str
+    backends: tuple[str, str]
+    iterations: int
+
+    def table(self) -> str:
+        lines = [f"{'sequence':>8} {'tokens':>7} {'max abs':>12} {'max rel':>12}  verdict"]
+        for s in self.sequences:
+            lines.append(f"{s.index:>8} {s.length:>7} {s.max_abs:>12.4e} {s.max_rel:>12.4e}  "
+                         f"{'PASS' if s.passed else 'FAIL'}")
+        lines.append(self.tokens.describe())
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: atol {self.atol:g}, rtol {self.rtol:g}; "
+                     f"padded on {self.backends[0]} vs packed on {self.backends[1]}; {self.iterations} iteration(s))")
+        return "\n".join(lines)
+
+
+def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, seed: int = 0, iterations: int = 1,
+                   precision: str | None = None, atol: float | None = None, rtol: float | None = None,
+                   inputs: list[dict] | str | os.PathLike | None = None,
+                   amax: dict[str, float] | None = None) -> PackedCompareResult:
+    """Run the padded model on [B, S] feeds and the packed model on the same sequences packed; compare
+    each sequence's logits at its real tokens (padding is not compared: the packed model has none).
+
+    An element fails when it is off by more than atol and by more than rtol relative (Polygraphy's
+    elementwise rule). Inputs and tolerances as in ``compare_models``.
+    """
+    from bertrt.run.packing import TokenCount, model_max_length, pack_varseqlen, unpack_varseqlen
+
+    path_p = None if isinstance(padded, onnx.ModelProto) else padded
+    path_k = None if isinstance(packed, onnx.ModelProto) else packed
+    mp = padded if isinstance(padded, onnx.ModelProto) else load_model(padded)
+    mk = packed if isinstance(packed, onnx.ModelProto) else load_model(packed)
+    if is_packed(mp):
+        raise BertrtError("is a packed (var-seqlen) model; the reference side must take padded [batch, seq] inputs",
+                          path_p)
+    if not is_packed(mk):
+        raise BertrtError("is not a packed (var-seqlen) model: it has no cu_seqlens input", path_k)
+    if precision is None:
+        precision = max(plugin_precision(mp), plugin_precision(mk), key=list(TOLERANCES).index)
+    if precision not in TOLERANCES:
+        raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
+    atol = TOLERANCES[precision][0] if atol is None else atol
+    rtol = TOLERANCES[precision][1] if rtol is None else rtol
+    if inputs is None:
+        feeds = random_inputs(mp, batch, seq, seed, iterations, vocab=vocab_size(mp) or vocab_size(mk), path=path_p)
+    elif isinstance(inputs, (str, os.PathLike)):
+        feeds = load_inputs(inputs)
+        _check_feeds(feeds, mp, mp, inputs)
+    else:
+        feeds = list(inputs)
+        _check_feeds(feeds, mp, mp, None)
+    max_len = model_max_length(mk)
+    from polygraphy.logger import G_LOGGER
+
+    rp, kp = _runner(mp, "padded", amax)
+    rk, kk = _runner(mk, "packed", amax)
+    sequences, tokens = [], None
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL), rp, rk:  # the table is the report
+        for feed in feeds:
+            mask = feed["input_mask"]
+            want = np.asarray(rp.infer(feed)["logits"], dtype=np.float32)
+            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))["logits"], mask)
+            count = TokenCount.of(mask)
+            tokens = count if tokens is None else tokens + count
+            for b, n in enumerate(mask.astype(bool).sum(axis=1)):
+                w, g = want[b, :n].astype(np.float64), got[b, :n].astype(np.float64)
+                absdiff = np.abs(g - w)
+                reldiff = absdiff / np.maximum(np.abs(w), 1e-12)
+                failed = bool(((absdiff > atol) & (reldiff > rtol)).any())
+                sequences.append(SequenceDiff(len(sequences), int(n), float(absdiff.max(initial=0.0)),
+                                              float(reldiff.max(initial=0.0)), not failed))
+    return PackedCompareResult(all(s.passed for s in sequences), sequences, tokens, atol, rtol, precision,
+                               (kp, kk), len(feeds))

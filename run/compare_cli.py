@@ -39,16 +39,29 @@ def _read_amax(path):
               help="Inputs from a Polygraphy JSON (polygraphy run --save-inputs) instead of random ones.")
 @click.option("--amax", "amax_path", type=click.Path(dir_okay=False), default=None,
               help="JSON {tensor: amax} for plugins running in INT8.")
-def compare(a, b, precision, atol, rtol, batch, seq, seed, iterations, load_inputs, amax_path):
+@click.option("--varseqlen", is_flag=True,
+              help="B is packed (var-seqlen): compare it per sequence against the padded A [default: when B takes "
+                   "cu_seqlens].")
+def compare(a, b, precision, atol, rtol, batch, seq, seed, iterations, load_inputs, amax_path, varseqlen):
     """Run A and B on the same inputs and compare their common outputs.
 
     Standard graphs run on ONNX Runtime; graphs with TensorRT plugin nodes on bertrt's CPU reference.
-    Exit 0 on PASS, 1 on FAIL.
+    A packed (var-seqlen) B runs on the same sequences packed, and each sequence's logits are compared
+    at its real tokens. Exit 0 on PASS, 1 on FAIL.
     """
-    from bertrt.run.compare import compare_models
+    from bertrt.onnx_io import load_model
+    from bertrt.run.compare import compare_models, compare_packed, is_packed
 
     amax = _read_amax(amax_path) if amax_path else None
-    result = compare_models(a, b, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
+    mb = load_model(b)
+    if varseqlen and not is_packed(mb):
+        raise BertrtError("is not a packed (var-seqlen) model: it has no cu_seqlens input", b)
+    if is_packed(mb):
+        result = compare_packed(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
+                                atol=atol, rtol=rtol, inputs=load_inputs, amax=amax)
+        click.echo(result.table())
+        raise SystemExit(0 if result.passed else 1)
+    result = compare_models(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
                             atol=atol, rtol=rtol, inputs=load_inputs, amax=amax)
     for side, names in result.only_in.items():
         click.echo(f"note: only {side} has output(s) {', '.join(names)}; not compared", err=True)

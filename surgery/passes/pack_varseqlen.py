@@ -168,7 +168,8 @@ class PackVarSeqlenPass(Pass):
                 for i, t in enumerate(n.inputs):
                     v = const_value(t)
                     if v is not None and v.ndim > 1:  # [1, 1, C] would broadcast [T, C] back to rank 3
-                        n.inputs[i] = gs.Constant(f"{n.name}/packed_const{i}", np.ascontiguousarray(v.reshape(v.shape[-1:])))
+                        flat = np.ascontiguousarray(v.reshape(v.shape[-1:]))
+                        n.inputs[i] = gs.Constant(f"{n.name}/packed_const{i}", flat)
         for t in {id(t): t for n in region for t in n.outputs}.values():
             # [S, B, C...] -> [T, C...]; a shape of lower rank was never batch- and sequence-shaped here
             t.shape = [TOTAL] + list(t.shape[2:]) if t.shape is not None and len(t.shape) >= 3 else None
@@ -203,7 +204,8 @@ def _per_token_problem(n: gs.Node, in_region: set) -> str | None:
     if n.op == "Reshape":
         shape = const_value(n.inputs[1])
         if shape is None or shape.ndim != 1 or len(shape) < 3 or shape[0] != 0 or shape[1] != 0 or (shape[2:] <= 0).any():
-            return f"reshape to {None if shape is None else shape.tolist()}: only [0, 0, C, ...] (batch and sequence kept) packs"
+            shown = None if shape is None else shape.tolist()
+            return f"reshape to {shown}: only [0, 0, C, ...] (batch and sequence kept) packs"
     elif n.op == "Transpose":
         perm = list(n.attrs.get("perm", []))
         if perm[:2] != [1, 0] or perm[2:] != list(range(2, len(perm))):

@@ -1,0 +1,102 @@
+"""Var-seqlen packing: padded [B, S] features <-> the packed inputs and outputs of a var-seqlen model.
+
+A packed model takes only the real tokens of a batch, back to back (``input_ids`` / ``segment_ids`` [T]),
+``cu_seqlens`` [B + 1] (where each sequence starts) and ``max_seqlen``, whose data is never read: its
+length is the longest sequence, from which the plugins pick their kernel. Logits come back [T, 2] and are
+put back at each sequence's positions of a [B, S, 2] array (zeros at padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bertrt.errors import BertrtError
+
+# Var-seqlen EmbLayerNorm (2/4) never computes positions >= 384 (QKVToContext 2/5 alone would take 512).
+MAX_SEQLEN = 384
+
+
+def model_max_length(model) -> int:
+    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most 384."""
+    from bertrt.plugins.nodes import EMB_LAYER_NORM
+
+    for n in model.graph.node:
+        if n.op_type == EMB_LAYER_NORM:
+            attrs = {a.name: a for a in n.attribute}
+            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
+            if pos is not None and beta is not None:
+                return min(MAX_SEQLEN, int(np.prod(pos.t.dims)) // max(1, int(np.prod(beta.t.dims))))
+    return MAX_SEQLEN
+
+
+def sequence_lengths(mask: np.ndarray, path=None) -> np.ndarray:
+    """Each row's length: its mask must be 1s followed by 0s (features put the real tokens first)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise BertrtError(f"input_mask must be [batch, seq], got shape {mask.shape}", path)
+    lengths = (mask != 0).sum(axis=1)
+    prefix = np.arange(mask.shape[1])[None, :] < lengths[:, None]
+    bad = np.flatnonzero((prefix != (mask != 0)).any(axis=1))
+    if bad.size:
+        raise BertrtError(f"sequence {bad[0]}: its input_mask is not 1s followed by 0s, so it cannot be packed", path)
+    return lengths.astype(np.int64)
+
+
+def pack_varseqlen(feeds: dict[str, np.ndarray], max_len: int = MAX_SEQLEN, path=None) -> dict[str, np.ndarray]:
+    """Canonical [B, S] feeds -> packed feeds (int32): input_ids, segment_ids [T], cu_seqlens [B + 1], max_seqlen.
+
+    Refuses an empty sequence (length 0) and one longer than ``max_len`` (the var-seqlen plugins' limit,
+    or fewer if the model's position table is shorter).
+    """
+    lengths = sequence_lengths(feeds["input_mask"], path)
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        raise BertrtError(f"sequence {empty[0]} is empty (its input_mask is all 0); a packed batch cannot hold "
+                          "an empty sequence", path)
+    long = np.flatnonzero(lengths > max_len)
+    if long.size:
+        raise BertrtError(f"sequence {long[0]} has {lengths[long[0]]} tokens; the var-seqlen model computes at most "
+                          f"{max_len}", path)
+    keep = np.arange(np.shape(feeds["input_mask"])[1])[None, :] < lengths[:, None]
+    return {"input_ids": np.asarray(feeds["input_ids"], dtype=np.int32)[keep],
+            "segment_ids": np.asarray(feeds["segment_ids"], dtype=np.int32)[keep],
+            "cu_seqlens": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+            "max_seqlen": np.zeros(int(lengths.max(initial=0)), dtype=np.int32)}
+
+
+def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Packed logits [T, 2] (or the former demo's [2, T, 1, 1]) -> [B, S, 2], zeros where the mask is 0."""
+    lengths = sequence_lengths(mask)
+    B, S = np.shape(mask)
+    keep = np.arange(S)[None, :] < lengths[:, None]
+    T = int(keep.sum())
+    logits = np.asarray(logits)
+    if logits.shape[:1] == (2,) and logits.size == 2 * T and logits.shape[0] != T:
+        logits = logits.reshape(2, T).T
+    if logits.size != 2 * T:
+        raise BertrtError(f"packed logits of shape {logits.shape} do not hold 2 values for each of the {T} tokens")
+    out = np.zeros((B, S, 2), dtype=np.float32)
+    out[keep] = logits.reshape(T, 2)
+    return out
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens a batch costs packed (its real tokens) and padded (batch x padded length)."""
+
+    packed: int
+    padded: int
+
+    @classmethod
+    def of(cls, mask: np.ndarray, padded_len: int | None = None) -> "TokenCount":
+        lengths = sequence_lengths(mask)
+        return cls(int(lengths.sum()), int(lengths.size * (padded_len or np.shape(mask)[1])))
+
+    def __add__(self, other: "TokenCount") -> "TokenCount":
+        return TokenCount(self.packed + other.packed, self.padded + other.padded)
+
+    def describe(self) -> str:
+        share = 100.0 * self.packed / self.padded if self.padded else 0.0
+        return f"packed {self.packed:,} tokens vs padded {self.padded:,} ({share:.0f}%)"
