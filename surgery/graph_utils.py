@@ -56,8 +56,36 @@ def graph_input(graph: gs.Graph, name: str) -> gs.Variable | None:
     return next((t for t in graph.inputs if t.name == name), None)
 
 
-def rank(t: gs.Tensor) -> int | None:
-    return len(t.shape) if t.shape is not None else None
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"}
+SAME_RANK = {"LayerNormalization", "Cast", "Erf", "Tanh", "Relu", "Gelu", "Sqrt", "Reciprocal", "Neg", "Softmax",
+             "Transpose", "QuantizeLinear", "DequantizeLinear", "Identity"}
+
+
+def rank(t: gs.Tensor, depth: int = 8) -> int | None:
+    """The tensor's rank: from its inferred shape, else worked out from its producer (shape inference
+    gives up on Reshapes whose target is computed, as tf2onnx writes them with a dynamic sequence)."""
+    if t.shape is not None:
+        return len(t.shape)
+    if isinstance(t, gs.Constant):
+        return len(t.values.shape)
+    p = producer(t)
+    if p is None or depth == 0:
+        return None
+    if p.op == "Reshape":
+        target = p.inputs[1]
+        v = const_value(target)
+        if v is not None:
+            return int(v.size)
+        return int(target.shape[0]) if target.shape and isinstance(target.shape[0], (int, np.integer)) else None
+    if p.op in SAME_RANK:
+        return rank(p.inputs[0], depth - 1)
+    if p.op in ELEMENTWISE or p.op == "MatMul":
+        ranks = [rank(i, depth - 1) for i in p.inputs if i.name]
+        return None if any(r is None for r in ranks) else max(ranks)
+    if p.op == "Gather":
+        a, b = rank(p.inputs[0], depth - 1), rank(p.inputs[1], depth - 1)
+        return None if a is None or b is None else a + b - 1
+    return None
 
 
 def last_dim(t: gs.Tensor) -> int | None:

@@ -43,6 +43,12 @@ def tiny_onnx(tiny_converted):
 
 
 @pytest.fixture(scope="session")
+def tiny_dynamic_onnx(tiny_ckpt, tmp_path_factory):
+    """The canonical tiny model with a dynamic sequence axis."""
+    return _convert(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny-dynamic.onnx", None)[0]
+
+
+@pytest.fixture(scope="session")
 def minilm_converted(minilm_ckpt, tmp_path_factory):
     """(path, report) of the canonical minilm model (real weights) at sequence 128."""
     return _convert(minilm_ckpt, tmp_path_factory.mktemp("onnx") / "minilm-128.onnx", 128)

@@ -10,14 +10,14 @@ import pytest
 from bertrt.run.compare import compare_models
 from bertrt.surgery import pipeline
 
-SOURCES = ("tf2onnx", "hf_qa_eager", "hf_qa_sdpa", "torch_dynamo_qa", "torch_legacy_bert")
+SOURCES = ("tf2onnx", "tf2onnx_dynamic_seq", "hf_qa_eager", "hf_qa_sdpa", "torch_dynamo_qa", "torch_legacy_bert")
 TARGETS = ("trt10", "trt10-legacy", "trt11")
 PLUGIN_VERSIONS = {"trt10": ("6", "4", "5"), "trt10-legacy": ("1", "1", "1"), "trt11": ("6", "4", "5")}
 
 
 @pytest.fixture(scope="module")
-def sources(tiny_onnx, canonical_fixtures):
-    return {"tf2onnx": tiny_onnx, **{k: v for k, v in canonical_fixtures.items() if k in SOURCES}}
+def sources(tiny_onnx, tiny_dynamic_onnx, canonical_fixtures):
+    return {"tf2onnx": tiny_onnx, "tf2onnx_dynamic_seq": tiny_dynamic_onnx, **{k: v for k, v in canonical_fixtures.items() if k in SOURCES}}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -45,6 +45,12 @@ def _params(nodes: list[gs.Node], E: int):
             eps[0] if eps else 0.0)
 
 
+def _hidden_from_constants(nodes: list[gs.Node]) -> int | None:
+    """The hidden size from the region's gamma/beta vectors, when shape inference did not give it."""
+    sizes = {int(v.size) for n in nodes for t in n.inputs if (v := const_value(t)) is not None and v.size > 1}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 @register
 class LayerNormPass(Pass):
     name = "layernorm"
@@ -61,14 +67,15 @@ class LayerNormPass(Pass):
                 continue
             x = mean.inputs[0]
             where = f"{mean.op} {mean.name}"
-            E, r = last_dim(x), rank(x)
-            if E is None or r is None or r < 2:
-                report.miss(where, f"the shape of its input {x.name} is unknown (needs a known hidden size)")
+            r = rank(x)
+            if r is None or r < 2:
+                report.miss(where, f"the rank of its input {x.name} is unknown")
                 continue
             region = grow(x, [mean], LN_OPS)
             found, closest = None, None
             for y, sub in candidate_outputs(x, region, must_contain={mean.op}):
-                if sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
+                E = last_dim(x) or _hidden_from_constants(sub)
+                if E is None or sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
                     continue
                 shape = (1,) * max(0, r - 2) + (3, E) if r != 3 else (2, 3, E)
                 x0 = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
