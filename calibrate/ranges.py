@@ -32,9 +32,8 @@ def apply_name_map(amax: Mapping[str, float], name_map: NameMap | None = None, *
             continue
         else:
             target = name
-        if target is None:
-            continue
-        out[target] = max(out.get(target, 0.0), float(value))
+        for t in [] if target is None else [target] if isinstance(target, str) else target:
+            out[t] = max(out.get(t, 0.0), float(value))
     return dict(sorted(out.items()))
 
 
@@ -66,10 +65,16 @@ def read_ranges(path: str | os.PathLike) -> dict[str, float]:
 
 
 def read_name_map(path: str | os.PathLike) -> dict[str, str | None]:
-    """A JSON object canonical tensor name -> fused tensor name (or null to drop the tensor)."""
+    """A JSON object canonical tensor name -> fused tensor name, a list of them (as `bertrt surgery run
+    --name-map` writes), or null to drop the tensor."""
     data = _read_json(path, "name map")
-    if not isinstance(data, dict) or not all(v is None or isinstance(v, str) for v in data.values()):
-        raise BertrtError("expected a JSON object of canonical tensor name -> fused tensor name (or null)", path)
+    if isinstance(data, dict) and isinstance(data.get("name_map"), dict):
+        data = data["name_map"]  # a surgery report
+    ok = isinstance(data, dict) and all(
+        v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+        for v in data.values())
+    if not ok:
+        raise BertrtError("expected a JSON object of canonical tensor name -> fused tensor name(s) (or null)", path)
     return data
 
 

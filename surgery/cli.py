@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from bertrt import config
@@ -47,15 +49,20 @@ def _targets():
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Fused ONNX file to write.")
 @click.option("--target", "-t", type=_targets(), default="trt10", show_default=True,
               help="Which plugin versions and precision style (configs/targets).")
-@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: trt10 targets run QKVToContext/SkipLayerNorm in INT8 where the plugins allow it (ranges "
+                   "from `bertrt calibrate`); trt11 gets the FP16 graph that `bertrt calibrate qdq` quantizes.")
 @click.option("--passes", default=None, help="Comma-separated pass names instead of the target's list.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
+@click.option("--name-map", "name_map_path", type=click.Path(dir_okay=False), default=None,
+              help="Write original tensor -> fused tensors as JSON, to name INT8 ranges after the fused graph "
+                   "(bertrt calibrate ranges/cache --name-map).")
 @click.option("--varseqlen", is_flag=True,
               help="Pack: var-seqlen plugins on packed tokens (inputs [T] + cu_seqlens + max_seqlen); forces fp16.")
-def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen):
+def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial, name_map_path, varseqlen):
     """Fuse SRC (a canonical model from `bertrt convert`) into plugin nodes.
 
     Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
@@ -64,7 +71,7 @@ def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_pa
     if varseqlen and precision != "fp16":
         _log("--varseqlen: precision fp16 (the var-seqlen plugins have no FP32)")
     _run(src, out, target, precision, passes.split(",") if passes else None, dump_dir, report_path,
-         allow_partial, varseqlen)
+         allow_partial, varseqlen, name_map_path)
 
 
 @surgery.command("pass")
@@ -92,7 +99,8 @@ def inspect_cmd(src):
     click.echo(inspect(load_model(src)))
 
 
-def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen=False):
+def _run(src, out, target, precision, passes, dump_dir, report_path, allow_partial, varseqlen=False,
+         name_map_path=None):
     from bertrt.errors import BertrtError
     from bertrt.surgery import pipeline
 
@@ -118,4 +126,8 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
         raise BertrtError("the encoder is only partly fused (see the misses above); nothing written. "
                           "Use --allow-partial to write it anyway", src)
     result.save(out)
+    if name_map_path:
+        from bertrt.atomic import write_text
+
+        write_text(name_map_path, json.dumps(result.name_map(), indent=1, sort_keys=True) + "\n")
     click.echo(f"wrote {out}")

@@ -47,6 +47,14 @@ class Context:
     num_heads: int | None = None
     seq: int | None = None          # the fixed sequence length, None if dynamic
     layers_expected: int | None = None  # attention blocks found before fusion
+    # new tensor name -> the names of the tensors it stands for (for INT8 ranges named after the fused graph)
+    tensor_map: dict = field(default_factory=dict)
+
+    def alias(self, new: list, old: list) -> None:
+        """Record that each tensor in ``new`` carries the values of (the largest of) the tensors in ``old``."""
+        olds = [t if isinstance(t, str) else t.name for t in old]
+        for t in new:
+            self.tensor_map[t if isinstance(t, str) else t.name] = olds
 
     def plugin_version(self, plugin: str, varseqlen: bool = False) -> str:
         return self.target["plugins"]["varseqlen" if varseqlen else "fixed"][plugin]

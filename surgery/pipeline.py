@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -21,7 +22,7 @@ from bertrt.surgery.framework import Context, PassReport, get_pass
 DEFAULT_PASSES = ["sanitize", "layernorm", "attention", "embeddings", "skip_layernorm", "gelu", "layout", "precision"]
 # Ops that must not be left in a fully fused encoder.
 UNFUSED_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "GlobalAveragePool", "Erf")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 VARSEQLEN_PASS = "pack-varseqlen"
 
 
@@ -33,6 +34,15 @@ class SurgeryResult:
     leftover: dict
     complete: bool
     problems: list = field(default_factory=list)
+    tensor_map: dict = field(default_factory=dict)  # fused tensor -> the original tensors it carries
+
+    def name_map(self) -> dict[str, list[str]]:
+        """original tensor -> the fused tensors carrying its values (how INT8 ranges move to the fused graph)."""
+        inverse: dict[str, list[str]] = {}
+        for fused, originals in self.tensor_map.items():
+            for o in originals:
+                inverse.setdefault(o, []).append(fused)
+        return {k: sorted(v) for k, v in sorted(inverse.items())}
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -44,7 +54,8 @@ class SurgeryResult:
 
     def to_json(self) -> dict:
         return {"passes": [r.to_json() for r in self.reports], "plugins": self.counts,
-                "unfused_ops": self.leftover, "complete": self.complete, "validator_problems": self.problems}
+                "unfused_ops": self.leftover, "complete": self.complete, "validator_problems": self.problems,
+                "name_map": self.name_map()}
 
 
 def passes_for(target: dict) -> list[str]:
@@ -86,6 +97,7 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
         names = [n for n in names if n != VARSEQLEN_PASS] + [VARSEQLEN_PASS]
         precision = "fp16"
     pass_objs = [get_pass(n) for n in names]
+    originals = set(graph.tensors())
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
     seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
     ctx = Context(target=tgt, precision=precision, seq=seq)
@@ -98,7 +110,26 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
     graph.cleanup().toposort()
     counts, leftover, problems = summarize(graph)
     complete = _complete(counts, leftover, ctx)
-    return SurgeryResult(graph, reports, counts, leftover, complete, problems)
+    return SurgeryResult(graph, reports, counts, leftover, complete, problems,
+                         _resolve(ctx.tensor_map, graph, originals))
+
+
+def _resolve(tensor_map: dict, graph: gs.Graph, originals: set[str]) -> dict[str, list[str]]:
+    """For each float tensor of the final graph, the original tensors whose values it carries."""
+    def follow(name, depth=0):
+        if name in originals and name not in tensor_map:
+            return {name}
+        if depth > 64 or name not in tensor_map:
+            return set()
+        return set().union(*(follow(o, depth + 1) for o in tensor_map[name]))
+
+    out = {}
+    for name, t in graph.tensors().items():
+        if isinstance(t, gs.Variable) and (t.dtype is None or np.dtype(t.dtype).kind == "f"):
+            found = follow(name)
+            if found:
+                out[name] = sorted(found)
+    return dict(sorted(out.items()))
 
 
 def _finish(model: onnx.ModelProto) -> None:

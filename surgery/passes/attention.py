@@ -40,6 +40,7 @@ class Projection:
     w: np.ndarray   # [E_in, E_out], x @ w
     b: np.ndarray   # [E_out]
     scale: float    # any constant scale applied to this side after the projection
+    out: gs.Tensor  # x @ w + b as the graph computes it
 
 
 @dataclass
@@ -76,12 +77,12 @@ def _projection(t: gs.Tensor, what: str) -> Projection:
             w = _weight(mp.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {mp.name} has no constant 2-D weight")
-            return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale)
+            return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale, p.outputs[0])
         elif p.op == "MatMul":
             w = _weight(p.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {p.name} has no constant 2-D weight")
-            return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale)
+            return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0])
         else:
             raise NoMatch(f"{what} comes from {p.op} {p.name}, not a projection")
     raise NoMatch(f"{what}: too many reshapes before the projection")
@@ -332,8 +333,12 @@ class AttentionPass(Pass):
             fields["var_seqlen"] = 0
         out = gs.Variable(f"{prefix}/context", dtype=np.float32)
         graph.nodes.append(make_plugin_node(QKV_TO_CONTEXT, version, inputs, [out], fields, name=prefix))
-        ctx_model = adapters.from_sb(graph, adapters.from_5d(graph, out, E, prefix), rank(c.ctx) or r, E)
+        ctx_sb = adapters.from_5d(graph, out, E, prefix)
+        ctx_model = adapters.from_sb(graph, ctx_sb, rank(c.ctx) or r, E)
         replace_uses(graph, c.ctx, ctx_model)
+        ctx.alias([x_sb], [c.q.x])
+        ctx.alias([mm, qkv, qkv5], [c.q.out, c.k.out, c.v.out])
+        ctx.alias([out, ctx_sb, ctx_model], [c.ctx])
 
 
 def _dtype(t: gs.Tensor):

@@ -147,8 +147,10 @@ class EmbeddingsPass(Pass):
                     "bert_embeddings_token_type_embeddings": tables["segment"],
                     "bert_embeddings_position_embeddings": tables["position"],
                     "output_fp16": 0, "mha_type_id": 0}))
-        model_y = adapters.from_sb(graph, adapters.from_5d(graph, out, E, prefix), r, E)
+        emb_sb = adapters.from_5d(graph, out, E, prefix)
+        model_y = adapters.from_sb(graph, emb_sb, r, E)
         replace_uses(graph, y, model_y)
+        ctx.alias([out, emb_sb, model_y], [y])
         placeholder = graph.tensors().get(MASK_IDX)
         if placeholder is not None:
             replace_uses(graph, placeholder, mask_idx)

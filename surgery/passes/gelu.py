@@ -105,6 +105,7 @@ class GeluPass(Pass):
             attrs = {"approximate": "tanh"} if approx == "tanh" else {}
             graph.nodes.append(gs.Node(op="Gelu", name=f"{y.name}/Gelu", attrs=attrs, inputs=[x], outputs=[out]))
             replace_uses(graph, y, out)
+            ctx.alias([out], [y])
             report.rewrites += 1
         if report.rewrites and graph.opset < GELU_OPSET:
             report.notes.append(f"opset raised from {graph.opset} to {GELU_OPSET} for Gelu")

@@ -100,6 +100,7 @@ class LayerNormPass(Pass):
                 inputs=[x, gs.Constant(f"{y.name}/ln_gamma", gamma), gs.Constant(f"{y.name}/ln_beta", beta)],
                 outputs=[out]))
             replace_uses(graph, y, out)
+            ctx.alias([out], [y])
             report.rewrites += 1
         existing = sum(n.op == "LayerNormalization" for n in graph.nodes) - report.rewrites
         if existing:

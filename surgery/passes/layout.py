@@ -87,6 +87,8 @@ class LayoutPass(Pass):
                     continue
                 pairs = self._twin(graph, c, sb)
                 for old_out, new_out, trailing in pairs or ():
+                    if new_out.name not in ctx.tensor_map:
+                        ctx.alias([new_out], [old_out])
                     if id(old_out) not in sb:
                         sb[id(old_out)] = (old_out, new_out, trailing)
                         work.append(old_out)
@@ -99,6 +101,7 @@ class LayoutPass(Pass):
                 graph.nodes.append(gs.Node(op="Transpose", name=f"output_{i}/Transpose",
                                            attrs={"perm": [1, 0] + list(range(2, 2 + trailing))}, inputs=[s], outputs=[t]))
                 replace_uses(graph, o, t)
+                ctx.alias([t], [s])
         graph.cleanup()
         left = [n.name for n in graph.nodes if n.name.startswith((TO_SB, FROM_SB)) and n.op == "Transpose"]
         report.rewrites = cancelled

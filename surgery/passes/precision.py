@@ -1,9 +1,14 @@
-"""precision: express FP16 the way the target wants it.
+"""precision: express FP16 (and INT8) the way the target wants it.
 
 trt10 targets (weakly typed): the plugins' own fields (``type_id`` = 1, EmbLayerNorm ``output_fp16`` and
 ``mha_type_id``); TensorRT's FP16 builder flag does the rest, and the graph's tensors stay float32.
 trt11 (strongly typed): the graph itself must carry FP16: float16 weights and activations, plugins with
-FP16 I/O, and a Cast back to float32 before the outputs. Nothing to do at FP32. (INT8 has its own pass.)
+FP16 I/O, and a Cast back to float32 before the outputs. Nothing to do at FP32.
+
+INT8 on trt10 targets is implicit: everything is FP16 as above, and the plugins whose INT8 kernels fit the
+model run with ``type_id`` = 2 (QKVToContext: head size 64 and a fixed sequence of 128 or 384; SkipLayerNorm:
+hidden size 768 or 1024), reading their scales from the ranges `bertrt calibrate` writes. On trt11 INT8 is
+explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/DQ on its GEMMs.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16
+from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16, TYPE_INT8
 from bertrt.surgery.framework import Pass, register
 
 PLUGINS = (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM)
+INT8_QKV_SEQ = (128, 384)          # fused INT8 attention kernels (any supported GPU)
+INT8_SKIPLN_HIDDEN = (768, 1024)   # SkipLayerNorm's INT8 kernels
 
 
 @register
@@ -27,9 +34,6 @@ class PrecisionPass(Pass):
         if ctx.precision == "fp32":
             report.notes.append("fp32: nothing to do")
             return
-        if ctx.precision != "fp16":
-            report.notes.append(f"{ctx.precision}: left to the INT8 pass")
-            return
         for node in graph.nodes:
             if node.op == QKV_TO_CONTEXT or node.op == SKIP_LAYER_NORM:
                 node.attrs["type_id"] = TYPE_FP16
@@ -40,10 +44,41 @@ class PrecisionPass(Pass):
                 reads_mask = any(c.op == QKV_TO_CONTEXT for c in node.outputs[1].outputs) if len(node.outputs) > 1 else False
                 node.attrs["mha_type_id"] = TYPE_FP16 if reads_mask else 0
                 report.rewrites += 1
+        if ctx.precision == "int8" and not ctx.target.get("strongly_typed"):
+            self._int8_plugins(graph, ctx, report)
         if ctx.target.get("strongly_typed"):
+            if ctx.precision == "int8":
+                report.notes.append("INT8 on a strongly typed target is explicit: quantize this FP16 graph's GEMMs "
+                                    "with `bertrt calibrate qdq`")
             n = self._float16_graph(graph)
             report.notes.append(f"strongly typed: {n} constants and the activations made float16, Cast to float32 "
                                 "before the outputs")
+
+    def _int8_plugins(self, graph: gs.Graph, ctx, report) -> None:
+        qkv_int8 = skip_int8 = 0
+        for node in graph.nodes:
+            if node.op == QKV_TO_CONTEXT:
+                H = node.attrs["hidden_size"] // node.attrs["num_heads"]
+                fused_mask = node.attrs.get("var_seqlen", 0) == 0 and len(node.inputs) > 1 and any(
+                    p.op == EMB_LAYER_NORM for p in node.inputs[1].inputs)
+                if H == 64 and ctx.seq in INT8_QKV_SEQ and fused_mask:
+                    node.attrs["type_id"] = TYPE_INT8
+                    for p in node.inputs[1].inputs:
+                        p.attrs["mha_type_id"] = TYPE_INT8
+                    qkv_int8 += 1
+            elif node.op == SKIP_LAYER_NORM and node.attrs.get("beta") is not None:
+                E = np.asarray(node.attrs["beta"].values).size
+                if E in INT8_SKIPLN_HIDDEN:
+                    node.attrs["type_id"] = TYPE_INT8
+                    skip_int8 += 1
+        n_qkv = sum(n.op == QKV_TO_CONTEXT for n in graph.nodes)
+        n_skip = sum(n.op == SKIP_LAYER_NORM for n in graph.nodes)
+        report.notes.append(f"INT8: QKVToContext {qkv_int8}/{n_qkv}, SkipLayerNorm {skip_int8}/{n_skip} "
+                            "(the rest FP16); GEMMs take INT8 from the ranges")
+        if qkv_int8 < n_qkv:
+            report.notes.append("QKVToContext INT8 needs head size 64 and a fixed sequence of 128 or 384")
+        if skip_int8 < n_skip:
+            report.notes.append("SkipLayerNorm INT8 needs hidden size 768 or 1024")
 
     def _float16_graph(self, graph: gs.Graph) -> int:
         converted = 0

@@ -67,7 +67,11 @@ class SkipLayerNormPass(Pass):
                 if bias is None:
                     b, bias = _split_bias(b, E)
             prefix = adapters.fresh(graph, "skip_layernorm")
-            ins = [adapters.to_5d(graph, adapters.to_sb(graph, t, r, E), E, f"{prefix}/in{i}") for i, t in enumerate((a, b))]
+            ins = []
+            for i, t in enumerate((a, b)):
+                t_sb = adapters.to_sb(graph, t, r, E)
+                ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
+                ctx.alias([t_sb, ins[-1]], [t])
             fields = {"type_id": 0}
             if version in ("1", "5"):
                 fields["ld"] = E
@@ -77,5 +81,8 @@ class SkipLayerNormPass(Pass):
                 fields["bias"] = bias
             out = gs.Variable(f"{prefix}/out", dtype=np.float32)
             graph.nodes.append(make_plugin_node(SKIP_LAYER_NORM, version, ins, [out], fields, name=prefix))
-            replace_uses(graph, y, adapters.from_sb(graph, adapters.from_5d(graph, out, E, prefix), r, E))
+            out_sb = adapters.from_5d(graph, out, E, prefix)
+            out_model = adapters.from_sb(graph, out_sb, r, E)
+            replace_uses(graph, y, out_model)
+            ctx.alias([out, out_sb, out_model], [y])
             report.rewrites += 1
