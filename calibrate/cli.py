@@ -33,6 +33,7 @@ def calibrate():
     bertrt calibrate cache ranges.json --trt-version 10.16 -o calib.cache
     bertrt calibrate qdq model.onnx --ranges ranges.json -o model.qdq.onnx
     bertrt calibrate qat qat.onnx -o ranges.json
+    bertrt calibrate evaluate model.onnx fused.onnx --amax fused_ranges.json --squad-json dev.json
     """
 
 
@@ -78,7 +79,7 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
     result = run_calibration(model, feeds, method=method, percentile=percentile, gelu_clamp=gelu_clamp or None)
     for note in result.notes:
         _log(f"note: {note}")
-    written = write_ranges(output, result.amax, names)
+    written = write_ranges(output, result.amax, names, drop_unmapped=names is not None)
     _log(f"{len(written)} tensor ranges from {result.samples} samples ({method}) in "
          f"{time.perf_counter() - start:.1f} s -> {output}")
 
@@ -143,5 +144,60 @@ def qat_cmd(model, name_map, output):
     result = qat_ranges(load_model(model), model)
     for note in result.notes:
         _log(f"note: {note}")
-    written = write_ranges(output, result.amax, _name_map(name_map))
+    names = _name_map(name_map)
+    # With a map, only the tensors the fused graph has: a cache must name nothing else.
+    written = write_ranges(output, result.amax, names, drop_unmapped=names is not None)
     _log(f"{len(written)} activation ranges -> {output}")
+
+
+@calibrate.command("evaluate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--squad-json", type=click.Path(path_type=Path), required=True,
+              help="SQuAD-format questions to evaluate on (the first feature of each).")
+@click.option("--amax", "amax_path", type=click.Path(path_type=Path),
+              help="Ranges keyed by CANDIDATE's tensor names: scales of its INT8 plugins, and INT8 for its weight "
+                   "GEMMs (as TensorRT 10 implicit INT8 runs them) unless --float-gemms.")
+@click.option("--float-gemms", is_flag=True, help="With --amax: leave GEMMs without Q/DQ in float.")
+@click.option("--num", type=click.IntRange(min=1), default=100, show_default=True, help="Number of questions.")
+@click.option("--vocab", type=click.Path(path_type=Path), help="vocab.txt [BERT uncased].")
+@click.option("--seq", type=click.IntRange(min=8), help="Sequence length, for a MODEL whose sequence axis is free.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Features per run.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 unless both cosines are >= 0.99 and both agreements >= 90%.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the scores as JSON.")
+def evaluate_cmd(model, candidate, squad_json, amax_path, float_gemms, num, vocab, seq, batch, check, output):
+    """Accuracy of CANDIDATE (a fused INT8 or Q/DQ graph, on the CPU reference) against the FP32 canonical
+    MODEL (on ONNX Runtime): cosine of the start and end logits over each feature's valid tokens (mean over
+    features), and the share of features whose start (end) argmax over the passage tokens agrees."""
+    import json
+
+    from bertrt.atomic import write_text
+    from bertrt.calibrate import data_source
+    from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model, table
+    from bertrt.calibrate.ranges import read_ranges
+    from bertrt.onnx_io import load_model
+
+    seq = data_source.model_seq(load_model(model, load_external_data=False), model, seq)
+    if vocab is None:
+        from bertrt.convert.zoo import vocab_path
+
+        vocab = vocab_path()
+    samples = eval_samples(squad_json, vocab, seq, num)
+    cand = load_model(candidate)
+    amax = read_ranges(amax_path) if amax_path else None
+    kind = "as given"
+    if amax is not None and not float_gemms:
+        cand, report = implicit_int8_model(cand, amax)
+        kind = f"{len(report.quantized)} GEMMs INT8"
+        for node, why in report.skipped.items():
+            _log(f"GEMM left in float: {node}: {why}")
+    try:
+        result = evaluate(model, cand, samples, amax=amax, batch=batch)
+    except BertrtError as e:
+        raise BertrtError(e.problem, e.path or candidate) from None
+    click.echo(table([(Path(candidate).name, kind, result)]))
+    if output:
+        write_text(output, json.dumps(result.summary(), indent=1, sort_keys=True) + "\n")
+    if check and not result.meets():
+        raise SystemExit(1)

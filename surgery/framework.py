@@ -49,6 +49,8 @@ class Context:
     layers_expected: int | None = None  # attention blocks found before fusion
     # new tensor name -> the names of the tensors it stands for (for INT8 ranges named after the fused graph)
     tensor_map: dict = field(default_factory=dict)
+    qat_scales: dict = field(default_factory=dict)   # tensor -> per-tensor scale of a QAT graph's Q/DQ on it
+    softmax_of: dict = field(default_factory=dict)   # QKVToContext node -> the softmax output it replaced
 
     def alias(self, new: list, old: list) -> None:
         """Record that each tensor in ``new`` carries the values of (the largest of) the tensors in ``old``."""

@@ -2,6 +2,7 @@
 
 from bertrt.surgery.passes import (  # noqa: F401
     attention,
+    dequantize,
     embeddings,
     gelu,
     layernorm,

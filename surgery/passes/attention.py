@@ -41,6 +41,7 @@ class Projection:
     b: np.ndarray   # [E_out]
     scale: float    # any constant scale applied to this side after the projection
     out: gs.Tensor  # x @ w + b as the graph computes it
+    carriers: list  # out and its head-split reshapes/transposes: the same values, other shapes
 
 
 @dataclass
@@ -58,11 +59,13 @@ class Candidate:
 def _projection(t: gs.Tensor, what: str) -> Projection:
     """Walk back from a head-split Q/K/V tensor to x @ W + b."""
     scale = 1.0
+    carriers = []
     for _ in range(12):
         p = producer(t)
         if p is None:
             raise NoMatch(f"{what} is not computed from a projection")
         if p.op in ("Transpose", "Reshape", "Cast"):
+            carriers.append((t, scale))
             t = p.inputs[0]
         elif p.op in ("Mul", "Div") and (s := scalar(p.inputs[1]) or scalar(p.inputs[0])) is not None:
             live = p.inputs[0] if not is_const(p.inputs[0]) else p.inputs[1]
@@ -77,15 +80,23 @@ def _projection(t: gs.Tensor, what: str) -> Projection:
             w = _weight(mp.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {mp.name} has no constant 2-D weight")
-            return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale, p.outputs[0])
+            return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale, p.outputs[0],
+                              [p.outputs[0]] + _unscaled(carriers, scale))
         elif p.op == "MatMul":
             w = _weight(p.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {p.name} has no constant 2-D weight")
-            return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0])
+            return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0],
+                              [p.outputs[0]] + _unscaled(carriers, scale))
         else:
             raise NoMatch(f"{what} comes from {p.op} {p.name}, not a projection")
     raise NoMatch(f"{what}: too many reshapes before the projection")
+
+
+def _unscaled(carriers: list, total: float) -> list:
+    """The reshaped copies of the projection output that no scale was applied to on the way back to it
+    (walking back, the scale found so far equals the total once every Mul/Div is behind)."""
+    return [t for t, scale_so_far in carriers if scale_so_far == total]
 
 
 def _weight(t: gs.Tensor) -> np.ndarray | None:
@@ -333,11 +344,12 @@ class AttentionPass(Pass):
             fields["var_seqlen"] = 0
         out = gs.Variable(f"{prefix}/context", dtype=np.float32)
         graph.nodes.append(make_plugin_node(QKV_TO_CONTEXT, version, inputs, [out], fields, name=prefix))
+        ctx.softmax_of[prefix] = c.softmax.outputs[0].name
         ctx_sb = adapters.from_5d(graph, out, E, prefix)
         ctx_model = adapters.from_sb(graph, ctx_sb, rank(c.ctx) or r, E)
         replace_uses(graph, c.ctx, ctx_model)
         ctx.alias([x_sb], [c.q.x])
-        ctx.alias([mm, qkv, qkv5], [c.q.out, c.k.out, c.v.out])
+        ctx.alias([mm, qkv, qkv5], c.q.carriers + c.k.carriers + c.v.carriers)
         ctx.alias([out, ctx_sb, ctx_model], [c.ctx])
 
 

@@ -57,6 +57,9 @@ class PrecisionPass(Pass):
     def _int8_plugins(self, graph: gs.Graph, ctx, report) -> None:
         qkv_int8 = skip_int8 = 0
         for node in graph.nodes:
+            probs = ctx.qat_scales.get(ctx.softmax_of.get(node.name, ""))
+            if node.op == QKV_TO_CONTEXT and probs:
+                node.attrs["dq_probs"] = probs  # the QAT graph's scale on the attention probabilities
             if node.op == QKV_TO_CONTEXT:
                 H = node.attrs["hidden_size"] // node.attrs["num_heads"]
                 fused_mask = node.attrs.get("var_seqlen", 0) == 0 and len(node.inputs) > 1 and any(
