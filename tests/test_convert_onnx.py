@@ -231,3 +231,27 @@ def test_large_model_weights_go_to_external_data(tmp_path, monkeypatch):
     want = np.stack(session(FIXTURES / "hf_qa_eager.onnx").run(None, dict(zip(SOURCE_INPUTS, (ids, types, mask)))), -1)
     got, = session(dst).run(None, dict(zip(CANONICAL_INPUTS, (a.astype(np.int32) for a in (ids, types, mask)))))
     assert np.array_equal(got, want)
+
+
+# --- the command line: one line naming the file, exit 1, nothing written -------------------------------
+
+def test_cli_bad_inputs(tmp_path):
+    from click.testing import CliRunner
+
+    from bertrt.cli import cli
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    relu = tmp_path / "relu.onnx"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                                     opset_imports=[onnx.helper.make_opsetid("", 17)]), relu)
+    cases = [(tmp_path / "missing.onnx", "no such file"), (text, "not a readable ONNX model"), (relu, "")]
+    for src, words in cases:
+        out = tmp_path / "out.onnx"
+        r = CliRunner().invoke(cli, ["convert", "onnx", str(src), "-o", str(out)])
+        assert r.exit_code == 1, r.output
+        last = r.output.strip().splitlines()[-1]
+        assert last.startswith(f"Error: {src}: ") and words in last
+        assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
