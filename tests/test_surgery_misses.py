@@ -100,7 +100,52 @@ def qkv_different_inputs(m):
     key.input[0] = query0.input[0]
 
 
+def _attention_add(m):
+    """The Add of the scores and the mask in the first attention (the one feeding the first Softmax)."""
+    sm = _first(m, "Softmax")
+    return next(n for n in m.graph.node if sm.input[0] in n.output)
+
+
+def scores_plus_scores(m):
+    add = _attention_add(m)
+    scores = next(i for i in add.input if not any(n.op_type == "Mul" and _value(m, n.input[1]) is not None
+                                                   and float(_value(m, n.input[1]).reshape(-1)[0]) == -10000.0
+                                                   for n in m.graph.node if i in n.output))
+    add.input[0], add.input[1] = scores, scores
+
+
+def relu_before_softmax(m):
+    sm = _first(m, "Softmax")
+    m.graph.node.append(helper.make_node("Relu", [sm.input[0]], ["relu_scores"], name="relu_scores"))
+    sm.input[0] = "relu_scores"
+
+
+def key_weight_from_input(m):
+    key = _by_weight(m, "bert/encoder/layer_0/attention/self/key/kernel")
+    key.input[1] = "key_weight"
+    m.graph.input.append(helper.make_tensor_value_info("key_weight", onnx.TensorProto.FLOAT, [128, 128]))
+
+
+def probs_used_twice(m):
+    sm = _first(m, "Softmax")
+    m.graph.node.append(helper.make_node("Neg", [sm.output[0]], ["probs_negated"], name="negate_probs"))
+    _add_output(m, "probs_negated")
+
+
+def no_position_embedding(m):
+    pos_add = next(n for n in m.graph.node if n.op_type == "Add" and any(
+        (v := _value(m, i)) is not None and v.ndim == 3 for i in n.input))  # + the [1, S, E] position slice
+    other = next(i for i in pos_add.input if _value(m, i) is None)
+    for user in _uses(m, pos_add.output[0]):
+        user.input[list(user.input).index(pos_add.output[0])] = other
+
+
 CASES = [
+    (scores_plus_scores, "attention", "before the softmax is not score + mask"),
+    (relu_before_softmax, "attention", "between the scores and the softmax is not a scale or a mask"),
+    (key_weight_from_input, "attention", "has no constant 2-D weight"),
+    (probs_used_twice, "attention", "the probabilities do not feed a single MatMul with V"),
+    (no_position_embedding, "embeddings", "no position embedding found among its summands"),
     (softmax_axis, "attention", "softmax axis is 1, expected -1"),
     (mask_sign, "attention", "the attention nodes differ from QKVToContext by"),
     (qkv_different_inputs, "attention", "Q, K and V are projections of different tensors"),
@@ -158,3 +203,28 @@ def test_a_miss_leaves_that_layer_as_it_was(tiny_onnx):
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
     got = ReferenceRunner(result.model).run(feeds)["logits"]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_layernorm_over_another_axis_is_not_skip_layernorm(canonical_fixtures):
+    model = onnx.load(canonical_fixtures["torch_legacy_bert"])
+    ln = [n for n in model.graph.node if n.op_type == "LayerNormalization"][1]  # layer 0, after attention
+    for a in ln.attribute:
+        if a.name == "axis":
+            a.i = 1
+    result = pipeline.run(model)
+    report = next(r for r in result.reports if r.name == "skip_layernorm")
+    assert any("it normalises axis 1, not the hidden axis" in m.reason for m in report.misses)
+    assert not result.complete
+
+
+def test_dequantize_of_a_computed_tensor(canonical_fixtures):
+    model = onnx.load(canonical_fixtures["qat_qdq"])
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
+              and any(q.op_type == "QuantizeLinear" and q.output[0] == n.input[0] for q in model.graph.node))
+    q = next(n for n in model.graph.node if n.output[0] == dq.input[0])
+    q.op_type = "Identity"  # the DequantizeLinear now reads a float tensor no QuantizeLinear made
+    del q.input[1:]
+    result = pipeline.run(model, passes=["dequantize"])
+    (report,) = result.reports
+    assert any(m.where == f"DequantizeLinear {dq.name}" and "neither a QuantizeLinear nor a constant" in m.reason
+               for m in report.misses)
