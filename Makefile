@@ -41,7 +41,7 @@ setup:
 # that the fused graph, run on the CPU reference of TensorRT's plugins, agrees with the original).
 demo: setup
 	@test -f $(DEMO)/checkpoint/bert_config.json || $(BERTRT) zoo make minilm -o $(DEMO)/checkpoint
-	$(BERTRT) convert tf --checkpoint $(DEMO)/checkpoint --seq 384 -o $(DEMO)/model.onnx
+	$(BERTRT) convert tf --checkpoint $(DEMO)/checkpoint --seq 128 -o $(DEMO)/model.onnx
 	$(BERTRT) surgery run $(DEMO)/model.onnx -o $(DEMO)/fused.onnx --target trt10 --precision fp16 \
 		--report $(DEMO)/surgery.json
 	$(BERTRT) compare $(DEMO)/model.onnx $(DEMO)/fused.onnx --batch 2
