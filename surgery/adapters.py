@@ -25,7 +25,8 @@ def fresh(graph: gs.Graph, prefix: str) -> str:
     return f"{prefix}_{counters[prefix]}"
 
 
-def _node(graph, op, name, inputs, attrs=None, dtype=np.float32, shape=None):
+def node(graph, op, name, inputs, attrs=None, dtype=np.float32, shape=None):
+    """Append a one-output node named ``name`` (its output has the same name) and return the output."""
     out = gs.Variable(name, dtype=dtype, shape=shape)
     graph.nodes.append(gs.Node(op=op, name=name, attrs=attrs or {}, inputs=inputs, outputs=[out]))
     return out
@@ -39,7 +40,7 @@ def _batch_seq_shape(graph: gs.Graph) -> gs.Variable:
         if ids is None:
             raise BertrtError("the graph has no input 'input_ids': run `bertrt convert` first to get the "
                               "canonical model")
-        cache["bs"] = _node(graph, "Shape", f"{TO_SB}/batch_seq_shape", [ids], dtype=np.int64, shape=[2])
+        cache["bs"] = node(graph, "Shape", f"{TO_SB}/batch_seq_shape", [ids], dtype=np.int64, shape=[2])
     return cache["bs"]
 
 
@@ -47,30 +48,30 @@ def to_sb(graph: gs.Graph, x: gs.Tensor, rank: int, E: int) -> gs.Variable:
     """Model layout ([B,S,E] or [B*S,E]) -> [S,B,E]."""
     name = fresh(graph, TO_SB)
     if rank == 2:
-        shape = _node(graph, "Concat", f"{name}/shape", [_batch_seq_shape(graph), gs.Constant(f"{name}/E", np.array([E], np.int64))],
+        shape = node(graph, "Concat", f"{name}/shape", [_batch_seq_shape(graph), gs.Constant(f"{name}/E", np.array([E], np.int64))],
                       attrs={"axis": 0}, dtype=np.int64, shape=[3])
-        x = _node(graph, "Reshape", f"{name}/Reshape", [x, shape], shape=None)
+        x = node(graph, "Reshape", f"{name}/Reshape", [x, shape], shape=None)
     elif rank != 3:
         raise ValueError(f"unexpected rank {rank}")
-    return _node(graph, "Transpose", f"{name}/Transpose", [x], attrs={"perm": [1, 0, 2]}, shape=["seq", "batch", E])
+    return node(graph, "Transpose", f"{name}/Transpose", [x], attrs={"perm": [1, 0, 2]}, shape=["seq", "batch", E])
 
 
 def from_sb(graph: gs.Graph, y: gs.Tensor, rank: int, E: int) -> gs.Variable:
     """[S,B,E] -> model layout of the given rank."""
     name = fresh(graph, FROM_SB)
-    out = _node(graph, "Transpose", f"{name}/Transpose", [y], attrs={"perm": [1, 0, 2]}, shape=["batch", "seq", E])
+    out = node(graph, "Transpose", f"{name}/Transpose", [y], attrs={"perm": [1, 0, 2]}, shape=["batch", "seq", E])
     if rank == 2:
-        out = _node(graph, "Reshape", f"{name}/Reshape", [out, gs.Constant(f"{name}/shape", np.array([-1, E], np.int64))],
+        out = node(graph, "Reshape", f"{name}/Reshape", [out, gs.Constant(f"{name}/shape", np.array([-1, E], np.int64))],
                     shape=["tokens", E])
     return out
 
 
 def to_5d(graph: gs.Graph, y: gs.Tensor, C: int, prefix: str) -> gs.Variable:
     """[S,B,C] -> [S,B,C,1,1], the plugins' fixed-length form."""
-    return _node(graph, "Reshape", f"{prefix}/to_5d", [y, gs.Constant(f"{prefix}/to_5d/shape", np.array([0, 0, C, 1, 1], np.int64))],
+    return node(graph, "Reshape", f"{prefix}/to_5d", [y, gs.Constant(f"{prefix}/to_5d/shape", np.array([0, 0, C, 1, 1], np.int64))],
                  shape=["seq", "batch", C, 1, 1])
 
 
 def from_5d(graph: gs.Graph, p: gs.Tensor, C: int, prefix: str) -> gs.Variable:
-    return _node(graph, "Reshape", f"{prefix}/from_5d", [p, gs.Constant(f"{prefix}/from_5d/shape", np.array([0, 0, C], np.int64))],
+    return node(graph, "Reshape", f"{prefix}/from_5d", [p, gs.Constant(f"{prefix}/from_5d/shape", np.array([0, 0, C], np.int64))],
                  shape=["seq", "batch", C])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -35,12 +33,6 @@ def scalar(t: gs.Tensor) -> float | None:
 
 def is_const(t: gs.Tensor) -> bool:
     return const_value(t) is not None
-
-
-def other_input(node: gs.Node, t: gs.Tensor) -> gs.Tensor:
-    """For a binary node with t as one input, the other input."""
-    a, b = node.inputs[0], node.inputs[1]
-    return b if a is t else a
 
 
 def trace_back(t: gs.Tensor, ops=PASS_THROUGH) -> gs.Tensor:
@@ -141,36 +133,6 @@ def depends_on(t: gs.Tensor, source: gs.Tensor, limit: int = 10_000) -> bool:
     return False
 
 
-class Builder:
-    """Adds nodes with readable, deterministic names: ``<prefix>/<op>_<n>``."""
-
-    def __init__(self, graph: gs.Graph, prefix: str):
-        self.graph = graph
-        self.prefix = prefix
-        self._n = itertools.count(1)
-
-    def name(self, what: str) -> str:
-        return f"{self.prefix}/{what}_{next(self._n)}"
-
-    def const(self, what: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.name(what), np.ascontiguousarray(value))
-
-    def op(self, op: str, inputs: list, attrs: dict | None = None, dtype=None, shape=None,
-           domain: str | None = None, n_out: int = 1, name: str | None = None) -> list[gs.Variable]:
-        node_name = name or self.name(op)
-        outs = [gs.Variable(node_name if i == 0 else f"{node_name}:{i}", dtype=dtype, shape=shape)
-                for i in range(n_out)]
-        node = gs.Node(op=op, name=node_name, attrs=attrs or {}, inputs=list(inputs), outputs=outs)
-        if domain:
-            node.domain = domain
-        self.graph.nodes.append(node)
-        return outs
-
-    def add_node(self, node: gs.Node) -> gs.Node:
-        self.graph.nodes.append(node)
-        return node
-
-
 def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     """Point every consumer of old (and the graph outputs) at new. A graph output keeps its name."""
     for consumer in list(old.outputs):
@@ -185,7 +147,3 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
             new.dtype = new.dtype or old.dtype
             new.shape = new.shape if new.shape is not None else old.shape
             graph.outputs[i] = new
-
-
-def unique_tensor_names(graph: gs.Graph) -> set[str]:
-    return set(graph.tensors().keys())

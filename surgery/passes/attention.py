@@ -242,7 +242,7 @@ def _mask_tensor(graph: gs.Graph, mask: gs.Tensor, one_d: bool) -> gs.Tensor:
         return have
     m = mask
     if mask.dtype is None or np.dtype(mask.dtype) != np.int32:
-        m = adapters._node(graph, "Cast", f"{name}/cast", [mask], attrs={"to": onnx.TensorProto.INT32}, dtype=np.int32)
+        m = adapters.node(graph, "Cast", f"{name}/cast", [mask], attrs={"to": onnx.TensorProto.INT32}, dtype=np.int32)
     axes = gs.Constant(f"{name}/axes", np.array([1], np.int64))
     out = gs.Variable(name, dtype=np.int32, shape=["batch"] if one_d else ["batch", 1])
     graph.nodes.append(gs.Node(op="ReduceSum", name=f"{name}/ReduceSum", attrs={"keepdims": 0 if one_d else 1},
@@ -331,8 +331,8 @@ class AttentionPass(Pass):
         prefix = adapters.fresh(graph, "attention")
         r = rank(c.q.x)
         x_sb = adapters.to_sb(graph, c.q.x, r, E)
-        mm = adapters._node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, gs.Constant(f"{prefix}/qkv_weight", w)])
-        qkv = adapters._node(graph, "Add", f"{prefix}/qkv_Add", [mm, gs.Constant(f"{prefix}/qkv_bias", b)])
+        mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, gs.Constant(f"{prefix}/qkv_weight", w)])
+        qkv = adapters.node(graph, "Add", f"{prefix}/qkv_Add", [mm, gs.Constant(f"{prefix}/qkv_bias", b)])
         qkv5 = adapters.to_5d(graph, qkv, 3 * E, prefix)
         route = mask_route(ctx, H)
         version = self._version(ctx, H)

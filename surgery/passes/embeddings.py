@@ -135,7 +135,7 @@ class EmbeddingsPass(Pass):
             return
 
         prefix = adapters.fresh(graph, "emb_layernorm")
-        sb = [adapters._node(graph, "Transpose", f"{prefix}/{t.name}_SB", [_as_int32(graph, t, prefix)],
+        sb = [adapters.node(graph, "Transpose", f"{prefix}/{t.name}_SB", [_as_int32(graph, t, prefix)],
                              attrs={"perm": [1, 0]}, dtype=np.int32) for t in (ids, seg, mask)]
         out = gs.Variable(f"{prefix}/embeddings", dtype=np.float32)
         mask_idx = gs.Variable(f"{prefix}/mask_idx", dtype=np.int32)
@@ -165,4 +165,4 @@ def _np_dtype(t: gs.Tensor):
 def _as_int32(graph, t, prefix):
     if t.dtype is None or np.dtype(t.dtype) == np.int32:
         return t
-    return adapters._node(graph, "Cast", f"{prefix}/{t.name}_int32", [t], attrs={"to": onnx.TensorProto.INT32}, dtype=np.int32)
+    return adapters.node(graph, "Cast", f"{prefix}/{t.name}_int32", [t], attrs={"to": onnx.TensorProto.INT32}, dtype=np.int32)
