@@ -30,7 +30,7 @@ def test_run_writes_fused_dumps_and_report(tiny_onnx, tmp_path):
     assert "complete: every encoder op fused" in r.output
     assert "fused: EmbLayerNorm 1, QKVToContext 2, SkipLayerNorm 4" in r.output
     assert sorted(p.name for p in dumps.iterdir()) == [f"{i:02d}-{n}.onnx" for i, n in enumerate(DEFAULT_PASSES, 1)]
-    after_attention = onnx.load(dumps / "03-attention.onnx")
+    after_attention = onnx.load(dumps / f"{DEFAULT_PASSES.index('attention') + 1:02d}-attention.onnx")
     assert sum(n.op_type == "CustomQKVToContextPluginDynamic" for n in after_attention.graph.node) == 2
     assert not any(n.op_type == "CustomEmbLayerNormPluginDynamic" for n in after_attention.graph.node)
     data = json.loads(report.read_text())
