@@ -14,6 +14,10 @@ PREC ?= fp16
 TARGET ?= trt10
 BATCH ?= 1,8
 CKPT ?=
+# INT8 calibration questions (SQuAD format): the official train-v1.1.json for real use; by default the
+# project's own pydoc questions.
+CALIB_JSON ?= calibrate/data/pydoc_qa_calib.json
+CALIB_NUM ?= 100
 ENGINE_DIR = $(BUILD)/$(MODEL)-$(SEQ)-$(PREC)-$(TARGET)
 CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
 
@@ -56,11 +60,30 @@ engine:
 	fi
 	$(BERTRT) convert tf --checkpoint $(CKPT_DIR) --seq $(SEQ) -o $(ENGINE_DIR)/model.onnx
 	$(BERTRT) surgery run $(ENGINE_DIR)/model.onnx -o $(ENGINE_DIR)/fused.onnx --target $(TARGET) \
-		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json | tee $(ENGINE_DIR)/surgery.txt
+		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json --name-map $(ENGINE_DIR)/name-map.json \
+		| tee $(ENGINE_DIR)/surgery.txt
+ifeq ($(PREC),int8)
+	$(BERTRT) calibrate ranges $(ENGINE_DIR)/model.onnx --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) \
+		--name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
+ifeq ($(TARGET),trt11)
+	$(BERTRT) calibrate qdq $(ENGINE_DIR)/fused.onnx --ranges $(ENGINE_DIR)/ranges.json -o $(ENGINE_DIR)/fused.qdq.onnx
+	$(BERTRT) compare $(ENGINE_DIR)/model.onnx $(ENGINE_DIR)/fused.qdq.onnx --batch 2 --precision int8 | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.qdq.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ)
+else
+	$(BERTRT) compare $(ENGINE_DIR)/model.onnx $(ENGINE_DIR)/fused.onnx --batch 2 --precision int8 --amax $(ENGINE_DIR)/ranges.json \
+		| tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ) --ranges $(ENGINE_DIR)/ranges.json
+endif
+else
 	$(BERTRT) compare $(ENGINE_DIR)/model.onnx $(ENGINE_DIR)/fused.onnx --batch 2 | tee $(ENGINE_DIR)/compare.txt
 	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
 	$(BERTRT) build $(ENGINE_DIR)/fused.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
 		--batch $(BATCH) --seq $(SEQ)
+endif
 
 test:
 	$(PYTHON) -m pytest -q
