@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 
 import click
@@ -22,16 +21,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _not_built(name: str, help_text: str) -> click.Command:
-    @click.command(name=name, help=f"{help_text}\n\nNot built yet in this version of bertrt.",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def placeholder(**_):
-        raise click.ClickException(f"'bertrt {name}' is not built yet in this version of bertrt.")
-
-    placeholder.short_help = f"[not built yet] {help_text}"
-    return placeholder
-
-
 class StageGroup(click.Group):
     def list_commands(self, ctx):
         return list(COMMANDS)
@@ -40,23 +29,13 @@ class StageGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, help_text = COMMANDS[name]
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # a real missing dependency, not a stage that does not exist yet
-                raise
-            return _not_built(name, help_text)
-        cmd = getattr(mod, attr)
+        cmd = getattr(importlib.import_module(module), attr)
         cmd.short_help = cmd.short_help or help_text
         return cmd
 
     def format_commands(self, ctx, formatter):
-        rows = []
-        for name, (module, _attr, help_text) in COMMANDS.items():
-            built = importlib.util.find_spec(module) is not None
-            rows.append((name, help_text if built else f"[not built yet] {help_text}"))
-        with formatter.section("Stages"):
-            formatter.write_dl(rows)
+        with formatter.section("Stages"):  # from the registry: listing them imports nothing heavy
+            formatter.write_dl([(name, help_text) for name, (_m, _a, help_text) in COMMANDS.items()])
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
