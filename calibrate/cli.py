@@ -24,6 +24,15 @@ def _name_map(path):
     return read_name_map(path)
 
 
+def _groups(text):
+    return [g.strip() for g in text.split(",") if g.strip()] if text else []
+
+
+_FLOAT_GEMMS_HELP = ("Comma-separated GEMM groups to keep in float (mixed precision): qkv, attn_out, ffn1, ffn2, head. "
+                     "ffn1,ffn2 (the feed-forward GEMMs) is what MiniLM needs to stay within 0.99 cosine.")
+_KEEP_UNMAPPED_HELP = "With --name-map: keep tensors the map does not name (default: drop them, they are not in the graph)."
+
+
 @click.group("calibrate")
 def calibrate():
     """INT8 ranges on the CPU: calibration cache (TensorRT 10) or Q/DQ graph (TensorRT 11).
@@ -52,8 +61,13 @@ def calibrate():
 @click.option("--seq", type=click.IntRange(min=8), help="Sequence length, for a model whose sequence axis is free.")
 @click.option("--name-map", type=click.Path(path_type=Path),
               help="JSON canonical tensor name -> fused tensor name, to key the ranges by the fused graph.")
+@click.option("--keep-unmapped", is_flag=True, help=_KEEP_UNMAPPED_HELP)
+@click.option("--float-gemms", "float_groups", default=None,
+              help=_FLOAT_GEMMS_HELP + " Here (TensorRT 10 implicit INT8): leaves out the ranges that would let "
+                   "TensorRT run them in INT8; only ffn1, ffn2 and head can be.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_clamp, vocab, seq, name_map, output):
+def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_clamp, vocab, seq, name_map,
+               keep_unmapped, float_groups, output):
     """Measure per-tensor INT8 ranges (amax) of a canonical MODEL with ONNX Runtime."""
     from bertrt.calibrate import data_source
     from bertrt.calibrate.ranges import write_ranges
@@ -64,6 +78,14 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
         raise click.UsageError("give exactly one of --squad-json and --npz-dir")
     names = _name_map(name_map)
     proto = load_model(model, load_external_data=False)
+    drops = set()
+    if float_groups:
+        from bertrt.calibrate.mixed import float_gemm_drops
+
+        try:
+            drops = float_gemm_drops(proto, _groups(float_groups))
+        except BertrtError as e:
+            raise BertrtError(e.problem, e.path or model) from None
     if npz_dir is not None:
         inputs = data_source.model_inputs(proto)
         feeds = data_source.npz_feeds(npz_dir, inputs, calib_num)
@@ -79,7 +101,10 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
     result = run_calibration(model, feeds, method=method, percentile=percentile, gelu_clamp=gelu_clamp or None)
     for note in result.notes:
         _log(f"note: {note}")
-    written = write_ranges(output, result.amax, names, drop_unmapped=names is not None)
+    amax = {k: v for k, v in result.amax.items() if k not in drops}
+    if drops:
+        _log(f"left out {len(drops)} ranges so the {float_groups} GEMMs run in float")
+    written = write_ranges(output, amax, names, drop_unmapped=names is not None and not keep_unmapped)
     _log(f"{len(written)} tensor ranges from {result.samples} samples ({method}) in "
          f"{time.perf_counter() - start:.1f} s -> {output}")
 
@@ -93,14 +118,17 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
               help="Algorithm named in the header; TensorRT reuses a cache only for the same calibrator type.")
 @click.option("--name-map", type=click.Path(path_type=Path),
               help="JSON canonical tensor name -> fused tensor name.")
+@click.option("--keep-unmapped", is_flag=True, help=_KEEP_UNMAPPED_HELP)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def cache_cmd(ranges, trt_version, algorithm, name_map, output):
+def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, output):
     """Write a ranges file as a TensorRT calibration cache (scale = amax / 127)."""
     from bertrt.calibrate.cache import write_cache
     from bertrt.calibrate.ranges import read_ranges
 
     amax = read_ranges(ranges)
-    text = write_cache(output, amax, trt_version, algorithm, _name_map(name_map))
+    names = _name_map(name_map)
+    text = write_cache(output, amax, trt_version, algorithm, names,
+                       drop_unmapped=names is not None and not keep_unmapped)
     _log(f"{text.splitlines()[0]}: {len(text.splitlines()) - 1} tensors -> {output}")
 
 
@@ -109,9 +137,10 @@ def cache_cmd(ranges, trt_version, algorithm, name_map, output):
 @click.option("--ranges", "ranges_path", type=click.Path(path_type=Path), required=True,
               help="Ranges keyed by MODEL's tensor names.")
 @click.option("--skip", multiple=True, help="GEMM node to leave in float (repeatable).")
+@click.option("--float-gemms", "float_groups", default=None, help=_FLOAT_GEMMS_HELP)
 @click.option("--allow-missing", is_flag=True, help="Leave GEMMs whose input has no range in float.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def qdq_cmd(model, ranges_path, skip, allow_missing, output):
+def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, output):
     """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs."""
     from bertrt.calibrate.qdq import insert_qdq
     from bertrt.calibrate.ranges import read_ranges
@@ -120,6 +149,10 @@ def qdq_cmd(model, ranges_path, skip, allow_missing, output):
     amax = read_ranges(ranges_path)
     proto = load_model(model)
     try:
+        if float_groups:
+            from bertrt.calibrate.mixed import float_gemms
+
+            skip = [*skip, *float_gemms(proto, _groups(float_groups))]
         out, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
     except BertrtError as e:
         raise BertrtError(e.problem, e.path or model) from None
@@ -157,8 +190,9 @@ def qat_cmd(model, name_map, output):
               help="SQuAD-format questions to evaluate on (the first feature of each).")
 @click.option("--amax", "amax_path", type=click.Path(path_type=Path),
               help="Ranges keyed by CANDIDATE's tensor names: scales of its INT8 plugins, and INT8 for its weight "
-                   "GEMMs (as TensorRT 10 implicit INT8 runs them) unless --float-gemms.")
-@click.option("--float-gemms", is_flag=True, help="With --amax: leave GEMMs without Q/DQ in float.")
+                   "GEMMs that have ranges on their input and output (as TensorRT 10 implicit INT8 runs them) "
+                   "unless --plugins-only.")
+@click.option("--plugins-only", is_flag=True, help="With --amax: only INT8 plugins read it; GEMMs stay as they are.")
 @click.option("--num", type=click.IntRange(min=1), default=100, show_default=True, help="Number of questions.")
 @click.option("--vocab", type=click.Path(path_type=Path), help="vocab.txt [BERT uncased].")
 @click.option("--seq", type=click.IntRange(min=8), help="Sequence length, for a MODEL whose sequence axis is free.")
@@ -166,7 +200,7 @@ def qat_cmd(model, name_map, output):
 @click.option("--check", is_flag=True,
               help="Exit 1 unless both cosines are >= 0.99 and both agreements >= 90%.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the scores as JSON.")
-def evaluate_cmd(model, candidate, squad_json, amax_path, float_gemms, num, vocab, seq, batch, check, output):
+def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, vocab, seq, batch, check, output):
     """Accuracy of CANDIDATE (a fused INT8 or Q/DQ graph, on the CPU reference) against the FP32 canonical
     MODEL (on ONNX Runtime): cosine of the start and end logits over each feature's valid tokens (mean over
     features), and the share of features whose start (end) argmax over the passage tokens agrees."""
@@ -187,7 +221,7 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, float_gemms, num, voca
     cand = load_model(candidate)
     amax = read_ranges(amax_path) if amax_path else None
     kind = "as given"
-    if amax is not None and not float_gemms:
+    if amax is not None and not plugins_only:
         cand, report = implicit_int8_model(cand, amax)
         kind = f"{len(report.quantized)} GEMMs INT8"
         for node, why in report.skipped.items():

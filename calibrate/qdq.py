@@ -6,7 +6,8 @@ Each MatMul/Gemm with a constant weight gets
 Everything else (LayerNorm, GELU, Softmax, the embedding gathers, the attention batched GEMMs, plugin
 nodes) stays in float, which is what TensorRT 11 fuses with the BERT plugins running in FP16.
 The ranges are keyed by the given graph's own tensor names, so this works on the canonical model and on a
-fused graph alike.
+fused graph alike. In a float16 (strongly typed) graph the scales and the dequantized tensors are float16, as
+QuantizeLinear/DequantizeLinear (opset 19 on) require them to be of the activation's type.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
     opset = graph.opset
     if opset < 13:
         raise BertrtError(f"the model's opset {opset} has no per-channel DequantizeLinear; opset 13 or newer needed")
+    float_types = (np.float32, np.float16) if opset >= 19 else (np.float32,)
     report = QdqReport()
     dq_of: dict[str, gs.Variable] = {}  # activation -> its dequantized copy, shared by the GEMMs reading it
     wq_of: dict[str, gs.Variable] = {}  # weight -> its dequantized copy
@@ -91,17 +93,19 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
         weight = node.inputs[1]
         w = weight.values if isinstance(weight, gs.Constant) else None
         axis = _weight_axis(node, w) if w is not None else None
-        if axis is None or w.dtype != np.float32:
-            report.skipped[node.name] = "weight is not a 2-D float32 constant"
+        if axis is None or w.dtype not in float_types:
+            kinds = " or ".join(np.dtype(t).name for t in float_types)
+            report.skipped[node.name] = f"weight is not a 2-D {kinds} constant (opset {opset})"
             continue
+        ftype = w.dtype  # the GEMM's float type: its activation has the same one
         act = node.inputs[0]
         if act.name not in dq_of:
-            scale = symmetric_scale(amax[act.name])
+            scale = symmetric_scale(amax[act.name]).astype(ftype)
             dq_of[act.name] = _qdq(graph, act, scale)
             report.activations[act.name] = float(scale)
         if weight.name not in wq_of:
             q, scale = quantize_weight(w, axis)
-            wq_of[weight.name] = _dequantize_weight(graph, weight.name, q, scale, axis)
+            wq_of[weight.name] = _dequantize_weight(graph, weight.name, q, scale.astype(ftype), axis)
         node.inputs[0] = dq_of[act.name]
         node.inputs[1] = wq_of[weight.name]
         report.quantized.append(node.name)
@@ -116,10 +120,10 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
 
 def _qdq(graph: gs.Graph, act: gs.Variable, scale: np.ndarray) -> gs.Variable:
     base = act.name
-    s = gs.Constant(f"{base}_qdq_scale", np.asarray(scale, dtype=np.float32))
+    s = gs.Constant(f"{base}_qdq_scale", np.asarray(scale))
     zp = gs.Constant(f"{base}_qdq_zero_point", np.zeros((), dtype=np.int8))
     q = gs.Variable(f"{base}_quantized", dtype=np.int8, shape=act.shape)
-    dq = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=act.shape)
+    dq = gs.Variable(f"{base}_dequantized", dtype=s.values.dtype, shape=act.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[act, s, zp], outputs=[q]))
     graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q, s, zp], outputs=[dq]))
     return dq
@@ -129,7 +133,7 @@ def _dequantize_weight(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndar
     wq = gs.Constant(f"{name}_int8", q)
     s = gs.Constant(f"{name}_scale", scale)
     zp = gs.Constant(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8))
-    dq = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=list(q.shape))
+    dq = gs.Variable(f"{name}_dequantized", dtype=scale.dtype, shape=list(q.shape))
     graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", attrs={"axis": axis},
                                inputs=[wq, s, zp], outputs=[dq]))
     return dq
