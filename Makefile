@@ -99,6 +99,8 @@ bench:
 	$(PYTHON) benchmarks/surgery.py
 	$(PYTHON) benchmarks/reference.py
 	$(PYTHON) benchmarks/calibrate.py
+	$(PYTHON) benchmarks/int8_accuracy.py
+	$(PYTHON) benchmarks/exporters.py
 
 clean:
 	rm -rf $(BUILD)
