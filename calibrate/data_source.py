@@ -56,21 +56,26 @@ def model_seq(model: onnx.ModelProto, path: str | os.PathLike = "<model>", seq: 
     return seq
 
 
-def squad_feeds(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int = DEFAULT_NUM, *,
-                doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> list[Feed]:
-    """Batch-1 feeds of the first feature of each of the first ``num`` questions of a SQuAD-format file."""
+def first_features(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int, *,
+                   doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH,
+                   what: str = "calibration samples") -> list:
+    """The first feature (as inference makes it) of each of the first ``num`` questions of a SQuAD-format file."""
     if num < 1:
-        raise BertrtError(f"number of calibration samples must be at least 1, got {num}")
+        raise BertrtError(f"number of {what} must be at least 1, got {num}")
     examples = read_squad(squad_json, check_answers=False)
     if not examples:
         raise BertrtError("no questions in the file", squad_json)
     tokenizer = load_tokenizer(vocab)
-    feeds = []
-    for index, example in enumerate(examples[:num]):
-        first = example_features(tokenizer, example.question_text, example.doc_words, max_seq_length=seq,
-                                 doc_stride=doc_stride, max_query_length=max_query_length, example_index=index)[0]
-        feeds.append(stack_features([first]))
-    return feeds
+    return [example_features(tokenizer, ex.question_text, ex.doc_words, max_seq_length=seq, doc_stride=doc_stride,
+                             max_query_length=max_query_length, example_index=i)[0]
+            for i, ex in enumerate(examples[:num])]
+
+
+def squad_feeds(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int = DEFAULT_NUM, *,
+                doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> list[Feed]:
+    """Batch-1 feeds of the first feature of each of the first ``num`` questions of a SQuAD-format file."""
+    return [stack_features([f]) for f in first_features(squad_json, vocab, seq, num, doc_stride=doc_stride,
+                                                         max_query_length=max_query_length)]
 
 
 def npz_feeds(folder: str | os.PathLike, inputs: dict[str, list], num: int | None = None) -> list[Feed]:

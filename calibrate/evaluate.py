@@ -26,15 +26,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bertrt.calibrate.data_source import first_features
 from bertrt.calibrate.qdq import QdqReport, insert_qdq
 from bertrt.calibrate.tensors import GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
 from bertrt.plugins.nodes import TYPE_INT8, is_plugin_node, read_scalar_attrs
 from bertrt.plugins.runner import ReferenceRunner
-from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, example_features, stack_features
-from bertrt.run.squad_data import read_squad
-from bertrt.run.tokenization import load_tokenizer
+from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, stack_features
 
 COS_TARGET = 0.99
 AGREE_TARGET = 0.90
@@ -72,16 +71,9 @@ class Evaluation:
 def eval_samples(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int, *,
                  doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> list[Sample]:
     """The first feature of each of the first ``num`` questions, with its passage positions."""
-    if num < 1:
-        raise BertrtError(f"number of questions must be at least 1, got {num}")
-    examples = read_squad(squad_json, check_answers=False)
-    if not examples:
-        raise BertrtError("no questions in the file", squad_json)
-    tokenizer = load_tokenizer(vocab)
     samples = []
-    for index, ex in enumerate(examples[:num]):
-        first = example_features(tokenizer, ex.question_text, ex.doc_words, max_seq_length=seq,
-                                 doc_stride=doc_stride, max_query_length=max_query_length, example_index=index)[0]
+    for first in first_features(squad_json, vocab, seq, num, doc_stride=doc_stride, max_query_length=max_query_length,
+                                what="questions"):
         passage = np.zeros(seq, dtype=bool)
         passage[list(first.token_to_orig_map)] = True
         samples.append(Sample(stack_features([first]), passage))

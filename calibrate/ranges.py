@@ -12,10 +12,10 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from bertrt.atomic import write_text
 from bertrt.errors import BertrtError
+from bertrt.json_io import read_json
 
 NameMap = Mapping[str, "str | None"]
 
@@ -55,7 +55,7 @@ def write_ranges(path: str | os.PathLike, amax: Mapping[str, float], name_map: N
 
 def read_ranges(path: str | os.PathLike) -> dict[str, float]:
     """A ranges file's tensor name -> amax; a BertrtError naming the file for anything malformed."""
-    data = _read_json(path, "ranges file")
+    data = read_json(path, "ranges file")
     if not isinstance(data, dict):
         raise BertrtError(f"expected a JSON object of tensor name -> amax, got a {type(data).__name__}", path)
     if not data:
@@ -67,7 +67,7 @@ def read_ranges(path: str | os.PathLike) -> dict[str, float]:
 def read_name_map(path: str | os.PathLike) -> dict[str, str | None]:
     """A JSON object canonical tensor name -> fused tensor name, a list of them (as `bertrt surgery run
     --name-map` writes), or null to drop the tensor."""
-    data = _read_json(path, "name map")
+    data = read_json(path, "name map")
     if isinstance(data, dict) and isinstance(data.get("name_map"), dict):
         data = data["name_map"]  # a surgery report
     ok = isinstance(data, dict) and all(
@@ -77,17 +77,6 @@ def read_name_map(path: str | os.PathLike) -> dict[str, str | None]:
         raise BertrtError("expected a JSON object of canonical tensor name -> fused tensor name(s) (or null)", path)
     return data
 
-
-def _read_json(path, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise BertrtError(f"{what} not found", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise BertrtError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    except json.JSONDecodeError as e:
-        raise BertrtError(f"not JSON: {e.msg} at line {e.lineno} column {e.colno}", path) from None
 
 
 def _check_values(amax: Mapping, path) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 from onnxruntime.quantization.calibrate import (
     CalibrationMethod,

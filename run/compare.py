@@ -224,14 +224,7 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     common = [n for n in names_a if n in names_b]
     if not common:
         raise BertrtError(f"the graphs share no output name ({', '.join(names_a)} vs {', '.join(names_b)})", path_a)
-    if inputs is None:
-        feeds = random_inputs(ma, batch, seq, seed, iterations, vocab=vocab_size(ma) or vocab_size(mb), path=path_a)
-    elif isinstance(inputs, (str, os.PathLike)):
-        feeds = load_inputs(inputs)
-        _check_feeds(feeds, ma, mb, inputs)
-    else:
-        feeds = list(inputs)
-        _check_feeds(feeds, ma, mb, None)
+    feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
@@ -316,14 +309,7 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
         raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
     atol = TOLERANCES[precision][0] if atol is None else atol
     rtol = TOLERANCES[precision][1] if rtol is None else rtol
-    if inputs is None:
-        feeds = random_inputs(mp, batch, seq, seed, iterations, vocab=vocab_size(mp) or vocab_size(mk), path=path_p)
-    elif isinstance(inputs, (str, os.PathLike)):
-        feeds = load_inputs(inputs)
-        _check_feeds(feeds, mp, mp, inputs)
-    else:
-        feeds = list(inputs)
-        _check_feeds(feeds, mp, mp, None)
+    feeds = _feeds(inputs, mp, mp, batch, seq, seed, iterations, path_p, vocab_from=mk)
     max_len = model_max_length(mk)
     from polygraphy.logger import G_LOGGER
 
@@ -346,3 +332,14 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
                                               float(reldiff.max(initial=0.0)), not failed))
     return PackedCompareResult(all(s.passed for s in sequences), sequences, tokens, atol, rtol, precision,
                                (kp, kk), len(feeds))
+
+
+def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:
+    """Random valid feeds for ``model``, or the given ones (a list or a Polygraphy JSON) checked against both models."""
+    if inputs is None:
+        vocab = vocab_size(model) or vocab_size(vocab_from if vocab_from is not None else other)
+        return random_inputs(model, batch, seq, seed, iterations, vocab=vocab, path=path)
+    source = inputs if isinstance(inputs, (str, os.PathLike)) else None
+    feeds = load_inputs(inputs) if source is not None else list(inputs)
+    _check_feeds(feeds, model, other, source)
+    return feeds

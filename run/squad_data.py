@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertrt.errors import BertrtError
+from bertrt.json_io import read_json
 from bertrt.run.features import split_doc_words
 
 
@@ -43,15 +43,7 @@ def _get(obj, key: str, kind, where: str, path: Path):
 
 
 def load_json(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise BertrtError("SQuAD file not found", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise BertrtError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-    except json.JSONDecodeError as e:
-        raise BertrtError(f"not JSON: {e.msg} at line {e.lineno} column {e.colno}", path) from None
+    return read_json(path, "SQuAD file")
 
 
 def examples_from_dataset(dataset, path: str | os.PathLike = "<data>", *,

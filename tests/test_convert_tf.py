@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from click.testing import CliRunner
 
 import numpy_bert

@@ -4,7 +4,6 @@ import hashlib
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from bertrt.cli import cli
