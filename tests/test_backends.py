@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from bertrt.cli import cli
 from bertrt.errors import BertrtError, ToolMissing
 from bertrt.plugins.handbuilt import fused_bert, random_bert_weights, unfused_bert
-from bertrt.run.backends import (InputShape, OrtBackend, ReferenceBackend, TrtBackend, open_backend,
-                                 pack_varseqlen, pick_profile, unpack_varseqlen)
+from bertrt.run.backends import InputShape, OrtBackend, ReferenceBackend, TrtBackend, open_backend, pick_profile
 from bertrt.run.perf import random_feeds
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -84,25 +83,6 @@ def test_fixed_batch_model_is_split_and_padded(tiny_onnx, tmp_path):
         got = fixed.run(feeds)
         rows = [free.run({k: v[i:i + 1] for k, v in feeds.items()}) for i in range(3)]
     np.testing.assert_allclose(got, np.concatenate(rows), atol=1e-5)
-
-
-def test_pack_and_unpack_varseqlen_by_hand():
-    feeds = {"input_ids": np.array([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32),
-             "segment_ids": np.array([[0, 1, 1, 0], [0, 0, 0, 0]], np.int32),
-             "input_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.int32)}
-    packed = pack_varseqlen(feeds)
-    assert packed["input_ids"].tolist() == [5, 6, 7, 8, 9]
-    assert packed["segment_ids"].tolist() == [0, 1, 1, 0, 0]
-    assert packed["cu_seqlens"].tolist() == [0, 3, 5]
-    assert packed["max_seqlen"].shape == (3,)  # as long as the longest sequence
-    assert all(a.dtype == np.int32 for a in packed.values())
-    tokens = np.arange(10, dtype=np.float32).reshape(5, 2)  # token t -> (2t, 2t+1)
-    out = unpack_varseqlen(tokens, feeds["input_mask"])
-    assert out.shape == (2, 4, 2)
-    assert out[0, 2].tolist() == [4, 5] and out[1, 1].tolist() == [8, 9]
-    assert out[0, 3].tolist() == [0, 0] and out[1, 2:].sum() == 0
-    # the former demo's engine layout [2, T, 1, 1]: row 0 all starts, row 1 all ends
-    np.testing.assert_array_equal(unpack_varseqlen(tokens.T.reshape(2, 5, 1, 1), feeds["input_mask"]), out)
 
 
 def test_pick_profile_takes_the_first_that_fits():
