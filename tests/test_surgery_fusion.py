@@ -92,3 +92,27 @@ def test_deterministic(sources, tmp_path):
     pipeline.run(onnx.load(sources["hf_qa_sdpa"])).save(a)
     pipeline.run(onnx.load(sources["hf_qa_sdpa"])).save(b)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_single_head_model(tmp_path):
+    """With one head tf2onnx writes the head split as one Reshape to [B, 1, S, H] (no Transpose)."""
+    import shutil
+
+    from bertrt.convert.checkpoint import BertConfig, write_checkpoint
+    from bertrt.convert.tf_convert import convert_checkpoint
+    from bertrt.convert.zoo import random_weights, vocab_path
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    cfg = BertConfig(num_hidden_layers=1, hidden_size=128, num_attention_heads=1, intermediate_size=256,
+                     vocab_size=30522)
+    write_checkpoint(ckpt, random_weights(cfg, 5, 0.1))
+    (ckpt / "bert_config.json").write_text(cfg.to_google_json())
+    shutil.copy(vocab_path(), ckpt / "vocab.txt")
+    model = tmp_path / "m.onnx"
+    convert_checkpoint(ckpt, model, seq=64, log=lambda m: None)
+    result = pipeline.run(onnx.load(model))
+    assert result.complete, pipeline.report_table(result)
+    fused = tmp_path / "fused.onnx"
+    result.save(fused)
+    assert compare_models(model, fused, batch=2).outputs[0].max_abs <= 1e-4

@@ -107,7 +107,8 @@ def _weight(t: gs.Tensor) -> np.ndarray | None:
 
 
 def _heads_from_reshape(t: gs.Tensor, E: int) -> int | None:
-    """N from the head-split Reshape on the way from Q to its projection ([..., N, H])."""
+    """N from the head-split Reshape on the way from Q to its projection: its last dim is the head size H
+    (whether it writes [B, S, N, H] or, with one head, [B, 1, S, H])."""
     for _ in range(6):
         p = producer(t)
         if p is None:
@@ -115,15 +116,13 @@ def _heads_from_reshape(t: gs.Tensor, E: int) -> int | None:
         if p.op == "Reshape":
             shape = const_value(p.inputs[1])
             if shape is None and (c := producer(trace_back(p.inputs[1], ("Cast",)))) is not None and c.op == "Concat":
-                tail = [const_value(i) for i in c.inputs[-2:]]
-                if all(v is not None for v in tail):
-                    shape = np.concatenate([v.reshape(-1) for v in tail])
-            if shape is not None and len(shape) >= 2 and shape[-1] > 0 and E % shape[-1] == 0 \
-                    and shape[-2] in (-1, E // shape[-1]):
+                last = const_value(c.inputs[-1])
+                shape = None if last is None else last.reshape(-1)
+            if shape is not None and len(shape) and shape[-1] > 0 and E % int(shape[-1]) == 0:
                 return E // int(shape[-1])
             out = p.outputs[0]
-            if out.shape and len(out.shape) == 4 and isinstance(out.shape[2], int) and isinstance(out.shape[3], int):
-                return int(out.shape[2])
+            if out.shape and isinstance(out.shape[-1], (int, np.integer)) and out.shape[-1] > 0 and E % out.shape[-1] == 0:
+                return E // int(out.shape[-1])
         t = p.inputs[0]
     return None
 
