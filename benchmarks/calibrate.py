@@ -41,18 +41,10 @@ def main():
     ap.add_argument("--seq", type=int, default=384)
     args = ap.parse_args()
 
-    from bertrt.convert import zoo
-    from bertrt.convert.tf_convert import convert_checkpoint
+    from zoo_model import zoo_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-bench-"))
-    ckpt = work / "base"
-    if not (ckpt / "bert_config.json").exists():
-        print(f"making the base checkpoint in {ckpt} ...", file=sys.stderr)
-        zoo.make("base", ckpt)
-    model = work / f"base-{args.seq}.onnx"
-    if not model.exists():
-        print(f"converting it to {model} ...", file=sys.stderr)
-        convert_checkpoint(ckpt, model, seq=args.seq, log=lambda m: None)
+    model = zoo_model(work, "base", args.seq)
 
     rows = []
     for method in args.methods.split(","):

@@ -32,20 +32,11 @@ def main():
     ap.add_argument("--seq", type=int, default=128, help="sequence length for the comparison")
     args = ap.parse_args()
 
-    from bertrt.convert import zoo
     from bertrt.convert.onnx_intake import convert_onnx
-    from bertrt.convert.tf_convert import convert_checkpoint
+    from zoo_model import zoo_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-exporters-"))
-    sources = {}
-    for name in ["base"] + (["large"] if args.large else []):
-        model = work / f"tf2onnx-{name}-{args.seq}.onnx"
-        if not model.exists():
-            print(f"making and converting the zoo's {name} checkpoint ...", file=sys.stderr)
-            if not (work / name / "bert_config.json").exists():
-                zoo.make(name, work / name)
-            convert_checkpoint(work / name, model, seq=args.seq, log=lambda m: None)
-        sources[f"tf2onnx ({name})"] = model
+    sources = {f"tf2onnx ({name})": zoo_model(work, name, args.seq) for name in ["base"] + ["large"] * args.large}
     raw = work / "exports"
     if not all((raw / f"{f}.onnx").exists() for f in EXPORTS.values()):
         print("exporting BERT-Base-shaped models with torch ...", file=sys.stderr)

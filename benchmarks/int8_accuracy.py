@@ -37,18 +37,9 @@ DEFAULT_MIXED = "minmax:ffn1+ffn2,percentile:ffn1+ffn2,minmax:ffn2,minmax:ffn1+f
 
 
 def _prepare(work: Path, seq: int) -> Path:
-    from bertrt.convert import zoo
-    from bertrt.convert.tf_convert import convert_checkpoint
+    from zoo_model import zoo_model
 
-    ckpt = work / "minilm"
-    if not (ckpt / "bert_config.json").exists():
-        print(f"making the minilm checkpoint in {ckpt} ...", file=sys.stderr)
-        zoo.make("minilm", ckpt)
-    model = work / f"minilm-{seq}.onnx"
-    if not model.exists():
-        print(f"converting it to {model} ...", file=sys.stderr)
-        convert_checkpoint(ckpt, model, seq=seq, log=lambda m: None)
-    return model
+    return zoo_model(work, "minilm", seq)
 
 
 def _fuse(model: Path, target: str, precision: str = "int8"):

@@ -58,16 +58,10 @@ def main():
     args = ap.parse_args()
 
     from bertrt.convert import zoo
-    from bertrt.convert.tf_convert import convert_checkpoint
+    from zoo_model import zoo_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-bench-"))
-    ckpt, model = work / args.model, work / f"{args.model}-{args.seq}.onnx"
-    if not model.exists():
-        if not (ckpt / "bert_config.json").exists():
-            print(f"making the {args.model} checkpoint ...", file=sys.stderr)
-            zoo.make(args.model, ckpt)
-        print("converting it ...", file=sys.stderr)
-        convert_checkpoint(ckpt, model, seq=args.seq, log=lambda m: None)
+    model = zoo_model(work, args.model, args.seq)
     cfg = zoo.bert_config(args.model)
     size = model.stat().st_size
     print(f"surgery on {model} ...", file=sys.stderr)
