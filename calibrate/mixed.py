@@ -2,7 +2,8 @@
 in float.
 
 MiniLM's LayerNorm outputs carry outlier channels and its GELU outputs a long tail, so INT8 on every GEMM
-loses too much (benchmarks/int8_accuracy.py); leaving the feed-forward GEMMs in float recovers it.
+loses too much (benchmarks/int8_accuracy.py); smoothing (calibrate/smooth.py) recovers most of it, and leaving
+the GEMMs after GELU (ffn2) in float the rest.
 * TensorRT 11 (explicit): those GEMMs get no Q/DQ (``float_gemms`` -> insert_qdq ``skip_nodes``).
 * TensorRT 10 (implicit): a layer runs in float when a tensor it reads or writes has no range, so
   ``float_gemm_drops`` names the canonical ranges to leave out of the cache: the GEMM's input when only
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 
 import onnx
 
-from bertrt.calibrate.tensors import GraphIndex, select_tensors, weight_gemms
+from bertrt.calibrate.tensors import GraphIndex, is_gemm_prescale, select_tensors, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.plugins.nodes import QKV_TO_CONTEXT
 
@@ -55,6 +56,9 @@ def gemm_groups(model: onnx.ModelProto) -> dict[str, str]:
 
     groups = {}
     for node, act in weight_gemms(index):
+        prescale = index.producer.get(act)
+        if prescale is not None and is_gemm_prescale(index, prescale):  # a smoothing Mul: what it scales
+            act = next(t for t in prescale.input if not index.is_const(t))
         src = None if act in gelu_outputs else back(act)
         dst = ahead(node.output[0])
         if act in gelu_outputs or src in _GELU:

@@ -66,6 +66,17 @@ def weight_gemms(index: GraphIndex) -> list[tuple[onnx.NodeProto, str]]:
     return out
 
 
+def is_gemm_prescale(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """A Mul by a constant per-channel vector read only by weight GEMMs: the smoothing `bertrt calibrate smooth`
+    puts before them. It belongs to the GEMMs, not to the LayerNorm or GELU before it."""
+    if node.op_type != "Mul" or len(node.input) != 2 or sum(index.is_const(t) for t in node.input) != 1:
+        return False
+    readers = index.consumers[node.output[0]]
+    return bool(readers) and node.output[0] not in index.outputs and all(
+        c.op_type in GEMM_OPS and len(c.input) > 1 and c.input[0] == node.output[0] and index.is_const(c.input[1])
+        for c in readers)
+
+
 def _gemm_tensors(index: GraphIndex, roles: dict[str, str]) -> None:
     for node in index.nodes:
         if node.op_type not in GEMM_OPS:
@@ -75,6 +86,9 @@ def _gemm_tensors(index: GraphIndex, roles: dict[str, str]) -> None:
             continue
         for t in acts:
             roles.setdefault(t, "gemm_input")
+            prescale = index.producer.get(t)
+            if prescale is not None and is_gemm_prescale(index, prescale):  # the tensor it scales keeps its range
+                roles.setdefault(next(i for i in prescale.input if not index.is_const(i)), "gemm_input")
         out = node.output[0]
         roles.setdefault(out, "gemm_output")
         # The bias add after a weight GEMM (the QKV projections and dense outputs in tf2onnx graphs).
@@ -116,7 +130,7 @@ def _region(index: GraphIndex, x: str) -> tuple[dict, set[str]]:
         changed = False
         for t in list(tensors):
             for c in index.consumers[t]:
-                if id(c) in nodes or c.op_type not in _LN_OPS:
+                if id(c) in nodes or c.op_type not in _LN_OPS or is_gemm_prescale(index, c):
                     continue
                 if all(not i or i in tensors or index.is_const(i) for i in c.input):
                     nodes[id(c)] = c
@@ -134,7 +148,8 @@ def _gelu_outputs(index: GraphIndex) -> list[str]:
             out.append(node.output[0])
         elif node.op_type in ("Erf", "Tanh"):
             t = node.output[0]
-            while len(index.consumers[t]) == 1 and index.consumers[t][0].op_type in _ELEMENTWISE:
+            while (len(index.consumers[t]) == 1 and index.consumers[t][0].op_type in _ELEMENTWISE
+                   and not is_gemm_prescale(index, index.consumers[t][0])):
                 t = index.consumers[t][0].output[0]
             if t != node.output[0]:
                 out.append(t)

@@ -249,6 +249,10 @@ def test_evaluate_command(flow, tiny_onnx, tmp_path):
              "--amax", tmp_path / "wrong.json", "--check")
     row = next(line for line in r.output.splitlines() if line.startswith("trt10.onnx"))
     assert r.exit_code == 1 and row.split()[-1] == "no"
+    # ... and passes a check loose enough for it (the targets are options).
+    r = _cli("calibrate", "evaluate", tiny_onnx, flow / "trt10.onnx", "--squad-json", data, "--num", 6,
+             "--amax", tmp_path / "wrong.json", "--check", "--min-cos", -1, "--min-agree", 0)
+    assert r.exit_code == 0, r.output
     # INT8 plugins without their ranges: a one-line error naming the candidate, no output file.
     r = _cli("calibrate", "evaluate", tiny_onnx, flow / "trt10.onnx", "--squad-json", data, "--num", 2,
              "-o", tmp_path / "none.json")
