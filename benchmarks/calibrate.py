@@ -1,4 +1,4 @@
-"""Calibration time and peak memory on BERT-Base at seq 384: 100 pydoc QA samples, per method.
+"""Calibration time and peak memory on BERT-Base (or Large) at seq 384: 100 pydoc QA samples, per method.
 
 Method "smooth" is `bertrt calibrate smooth` (channel statistics, the choice of alpha, the smoothed model);
 its "tensors" are the GEMM inputs it smoothed.
@@ -6,7 +6,8 @@ its "tensors" are the GEMM inputs it smoothed.
 The base checkpoint and its canonical ONNX are made once and kept in the work folder. Each
 calibration runs in a fresh process so its peak resident memory (ru_maxrss) is its own.
 
-    python benchmarks/calibrate.py [--work DIR] [--methods percentile,minmax,entropy,smooth] [--num 100] [--seq 384]
+    python benchmarks/calibrate.py [--work DIR] [--methods percentile,minmax,entropy,smooth] [--num 100]
+        [--seq 384] [--model base|large]
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ def main():
     ap.add_argument("--methods", default="percentile,smooth")
     ap.add_argument("--num", type=int, default=100)
     ap.add_argument("--seq", type=int, default=384)
+    ap.add_argument("--model", default="base", choices=["base", "large"], help="zoo model [default: base]")
     args = ap.parse_args()
 
     from zoo_model import zoo_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-bench-"))
-    model = zoo_model(work, "base", args.seq)
+    model = zoo_model(work, args.model, args.seq)
 
     rows = []
     for method in args.methods.split(","):
@@ -70,7 +72,7 @@ def main():
         rows.append((method, res["samples"], res["tensors"], res["features_s"], res["calibrate_s"],
                      res["calibrate_s"] / res["samples"], res["peak_kib"] / 2**20))
 
-    print(f"\nBERT-Base, seq {args.seq}, ONNX Runtime CPU, batch 1")
+    print(f"\nBERT-{args.model.capitalize()}, seq {args.seq}, ONNX Runtime CPU, batch 1")
     print(f"{'method':<11} {'samples':>7} {'tensors':>7} {'features s':>10} {'calibrate s':>11} "
           f"{'s/sample':>8} {'peak GiB':>8}")
     for m, n, t, f, c, per, peak in rows:

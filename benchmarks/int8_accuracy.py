@@ -69,8 +69,8 @@ def main():
                     help="comma-separated mixed-precision rows, each METHOD:GROUP+GROUP (GEMM groups left in float); "
                          "empty for none")
     ap.add_argument("--smoothed", default=DEFAULT_SMOOTHED,
-                    help="comma-separated rows on the smoothed model (bertrt calibrate smooth), each METHOD[:GROUP+...] "
-                         "(GEMM groups left in float, and not smoothed); empty for none")
+                    help="comma-separated rows on the smoothed model (bertrt calibrate smooth), each "
+                         "METHOD[:GROUP+...] (GEMM groups left in float, and not smoothed); empty for none")
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
 

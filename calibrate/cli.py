@@ -164,6 +164,9 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 
     _one_source(squad_json, npz_dir)
     proto = load_model(model)
+    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+        raise BertrtError("a Q/DQ (QAT) model is quantized already; its ranges come from `bertrt calibrate qat`",
+                          model)
     skip = []
     try:
         if float_groups:

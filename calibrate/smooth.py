@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from bertrt.calibrate.data_source import Feed
-from bertrt.calibrate.qdq import QMAX
+from bertrt.calibrate.qdq import QMAX, symmetric_scale
 from bertrt.calibrate.tensors import GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, model_bytes, save_model
@@ -61,14 +61,18 @@ class _Stats:
     tokens: np.ndarray  # float32 [n, channels], sampled rows
 
 
+def _transposed(node: onnx.NodeProto) -> bool:
+    """Whether the GEMM stores its weight as [out, in] (Gemm with transB)."""
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+
+
 def _rows(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    """A GEMM's weight as [in_channels, out_channels] (Gemm with transB stores it transposed)."""
-    trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-    return w.T if trans else w
+    """A GEMM's weight as [in_channels, out_channels]."""
+    return w.T if _transposed(node) else w
 
 
 def _quantize(x: np.ndarray, amax) -> np.ndarray:
-    scale = np.where(np.asarray(amax) > 0, np.asarray(amax) / QMAX, 1.0)
+    scale = symmetric_scale(amax).astype(np.float64)  # the scale insert_qdq writes
     return np.clip(np.rint(x / scale), -QMAX, QMAX) * scale
 
 
@@ -93,7 +97,8 @@ def smoothing_scale(absmax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.nd
     return np.clip(s, 1 / SCALE_LIMIT, SCALE_LIMIT)
 
 
-def choose(stats: _Stats, w: np.ndarray, alphas: Iterable[float] = ALPHAS) -> tuple[float | None, float, float, np.ndarray | None]:
+def choose(stats: _Stats, w: np.ndarray,
+           alphas: Iterable[float] = ALPHAS) -> tuple[float | None, float, float, np.ndarray | None]:
     """(alpha or None, error unsmoothed, error chosen, s or None) for activation stats and the [in, out] weight of
     every GEMM reading it (concatenated along the outputs)."""
     x = stats.tokens
@@ -202,8 +207,7 @@ def apply(model: onnx.ModelProto, smoothings: Iterable[Smoothing]) -> onnx.Model
             node = by_name[name]
             init = weights[node.input[1]]
             w = numpy_helper.to_array(init)
-            trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-            scaled = (w.astype(np.float32) * (s[None, :] if trans else s[:, None])).astype(w.dtype)
+            scaled = (w.astype(np.float32) * (s[None, :] if _transposed(node) else s[:, None])).astype(w.dtype)
             init.CopyFrom(numpy_helper.from_array(scaled, init.name))
             node.input[0] = smoothed
         g.initializer.append(numpy_helper.from_array((1.0 / s.astype(np.float64)).astype(np.float32),

@@ -201,16 +201,79 @@ def test_smooth_command_and_the_int8_flow(tiny_onnx, tmp_path):
     assert len(rep.quantized) == 9 and not rep.skipped
 
 
-@pytest.mark.parametrize("case", ["missing model", "missing squad", "no source"])
-def test_smooth_errors_leave_no_output(case, tiny_onnx, tmp_path):
+@pytest.mark.parametrize("case", ["missing model", "missing squad", "no source", "qat model"])
+def test_smooth_errors_leave_no_output(case, tiny_onnx, canonical_fixtures, tmp_path):
     out = tmp_path / "out.onnx"
-    model = tmp_path / "nope.onnx" if case == "missing model" else tiny_onnx
+    model = {"missing model": tmp_path / "nope.onnx", "qat model": canonical_fixtures["qat_qdq"]}.get(case, tiny_onnx)
     source = [] if case == "no source" else ["--squad-json",
                                              tmp_path / "nope.json" if case == "missing squad" else
                                              DATA / "pydoc_qa_calib.json"]
     r = _cli("calibrate", "smooth", model, *source, "-o", out)
     assert r.exit_code != 0 and not out.exists()
-    expected = {"missing model": "nope.onnx", "missing squad": "nope.json", "no source": "--squad-json"}[case]
+    expected = {"missing model": "nope.onnx", "missing squad": "nope.json", "no source": "--squad-json",
+                "qat model": "quantized already"}[case]
     assert expected in r.output
     if case != "no source":
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["hf_qa_eager", "hf_qa_sdpa", "torch_dynamo_qa", "torch_legacy_bert"])
+def test_every_exporter_fuses_smoothed(name, canonical_fixtures, tmp_path):
+    """Smoothing adds a Mul before GEMMs whatever the exporter; surgery still fuses all of it, and the fused
+    graph on the plugin reference matches the original model on ONNX Runtime."""
+    path = canonical_fixtures[name]
+    model = onnx.load(path)
+    dtypes = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    seq = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 64
+    rng = np.random.default_rng(0)
+    feeds = []
+    for _ in range(4):
+        mask = np.ones((1, seq), np.int64)
+        mask[0, rng.integers(seq // 2, seq):] = 0
+        feed = {"input_ids": rng.integers(0, 100, size=(1, seq)), "input_mask": mask,
+                "segment_ids": (np.arange(seq)[None] > seq // 3).astype(np.int64)}
+        feeds.append({k: v.astype(np.int32 if dtypes[k] == TensorProto.INT32 else np.int64)
+                      for k, v in feed.items() if k in dtypes})
+    plan = smooth.plan(model, feeds, progress=False)
+    smoothed = smooth.apply(model, plan)
+    assert sum(n.name.endswith("/Smooth") for n in smoothed.graph.node) == sum(p.alpha is not None for p in plan) > 0
+    assert gemm_groups(smoothed) == gemm_groups(model)
+    out = tmp_path / "smoothed.onnx"
+    onnx.save(smoothed, out)
+    result = pipeline.run_file(out, target="trt10", precision="fp32")
+    ops = [n.op_type for n in result.model.graph.node]
+    assert result.complete and ops.count("CustomQKVToContextPluginDynamic") == 2
+    ref, runner = _session(path), ReferenceRunner(result.model)
+    for feed in feeds[:2]:
+        assert np.max(np.abs(ref.run(["logits"], feed)[0] - runner.run(feed)["logits"])) < 1e-4
+
+
+def test_gemm_transposed_weight_and_shared_weights():
+    """A Gemm with transB scales its weight's columns; a weight two GEMMs share is left alone (scaling it for
+    one input would change the other GEMM)."""
+    rng = np.random.default_rng(1)
+    w_t = rng.normal(size=(8, 16)).astype(np.float32)  # [out, in]
+    shared = rng.normal(size=(16, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w_t", "b"], ["y"], name="gemm", transB=1),
+             helper.make_node("MatMul", ["x2", "shared"], ["z1"], name="mm1"),
+             helper.make_node("MatMul", ["x3", "shared"], ["z2"], name="mm2")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [32, 16]) for n in ("x", "x2", "x3")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z1", "z2")]
+    inits = [numpy_helper.from_array(w_t, "w_t"), numpy_helper.from_array(np.ones(8, np.float32), "b"),
+             numpy_helper.from_array(shared, "shared")]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    feeds = []
+    for _ in range(4):
+        x = rng.normal(size=(32, 16)).astype(np.float32)
+        x[:, 3] *= 40
+        feeds.append({"x": x, "x2": x, "x3": x})
+    plan = smooth.plan(model, feeds, progress=False)
+    assert [p.activation for p in plan] == ["x"] and plan[0].alpha is not None
+    smoothed = smooth.apply(model, plan)
+    a, b = _session(model), _session(smoothed)
+    for feed in feeds:
+        for ref, got in zip(a.run(None, feed), b.run(None, feed)):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    w_new = next(numpy_helper.to_array(i) for i in smoothed.graph.initializer if i.name == "w_t")
+    np.testing.assert_allclose(w_new, w_t * plan[0].scale[None, :], rtol=1e-6)
