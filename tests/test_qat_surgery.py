@@ -56,3 +56,45 @@ def test_qat_fuses_fully_and_keeps_its_scales(canonical_fixtures, tmp_path):
 def test_float_model_untouched_by_dequantize(tiny_onnx):
     result = pipeline.run(onnx.load(tiny_onnx), passes=["dequantize"])
     assert result.reports[0].rewrites == 0 and result.reports[0].misses == []
+
+
+def _int8_weight_columns(model):
+    """Every output channel of every int8 weight behind a DequantizeLinear, as bytes."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    cols = set()
+    for n in model.graph.node:
+        q = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if q is not None and q.dtype == np.int8 and q.ndim == 2:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            q = q if axis == 1 else q.T
+            cols |= {q[:, j].tobytes() for j in range(q.shape[1])}
+    return cols
+
+
+def test_trt11_qdq_puts_back_the_qat_weights(canonical_fixtures, tmp_path):
+    """On TensorRT 11 the QAT model's int8 weights come back exactly (every channel of a quantize_static model
+    reaches +-127, so max |w| / 127 is its scale), and its activation scales through the ranges."""
+    qat = canonical_fixtures["qat_qdq"]
+    fused, name_map, ranges, qdq = (tmp_path / n for n in ("fused.onnx", "map.json", "ranges.json", "qdq.onnx"))
+    r = CliRunner().invoke(cli, ["surgery", "run", str(qat), "-o", str(fused), "--target", "trt11", "--precision",
+                                 "int8", "--name-map", str(name_map)])
+    assert r.exit_code == 0, r.output
+    assert "do not reach" not in r.output
+    for args in (["calibrate", "qat", str(qat), "--name-map", str(name_map), "-o", str(ranges)],
+                 ["calibrate", "qdq", str(fused), "--ranges", str(ranges), "-o", str(qdq)]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+    original = _int8_weight_columns(onnx.load(qat))
+    assert len(original) > 1000 and _int8_weight_columns(onnx.load(qdq)) == original
+
+
+def test_dequantize_reports_weights_short_of_full_range(canonical_fixtures):
+    model = onnx.load(canonical_fixtures["qat_qdq"])
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 2)
+    q = onnx.numpy_helper.to_array(inits[dq.input[0]])
+    inits[dq.input[0]].CopyFrom(onnx.numpy_helper.from_array((q // 2).astype(np.int8), dq.input[0]))
+    report = pipeline.run(model, passes=["dequantize"]).reports[0]
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    assert f"{q.shape[axis]} weight channels do not reach +-127" in " ".join(report.notes)

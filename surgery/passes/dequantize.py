@@ -32,7 +32,7 @@ class DequantizePass(Pass):
     description = "QAT graphs: bypass activation Q/DQ pairs, dequantize int8 weights (scales read later by calibrate qat)."
 
     def apply(self, graph: gs.Graph, ctx, report) -> None:
-        weights = pairs = 0
+        weights = pairs = short = 0
         for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
             src = dq.inputs[0]
             p = producer(src)
@@ -51,9 +51,27 @@ class DequantizePass(Pass):
                 report.miss(f"DequantizeLinear {dq.name}", "its input is neither a QuantizeLinear nor a constant")
                 continue
             axis = dq.attrs.get("axis", 1)
-            w = gs.Constant(f"{dq.name}/float", dequantized(q, scale, zp, axis if axis >= 0 else axis + q.ndim))
+            axis = axis if axis >= 0 else axis + q.ndim
+            w = gs.Constant(f"{dq.name}/float", dequantized(q, scale, zp, axis))
             replace_uses(graph, out, w)
             weights += 1
+            short += _channels_short_of_full_range(q, scale, axis)
         report.rewrites = pairs + weights
         if report.rewrites:
             report.notes.append(f"{pairs} activation Q/DQ pairs bypassed, {weights} weights dequantized")
+        if short:
+            # `calibrate qdq` derives a weight channel's scale from its largest value (max |w| / 127): the same
+            # int8 weights exactly when every channel reaches +-127, a finer grid than the QAT one otherwise.
+            report.notes.append(f"{short} weight channels do not reach +-127: Q/DQ put back for TensorRT 11 "
+                                "quantizes them on a finer grid than the QAT one")
+
+
+def _channels_short_of_full_range(q: np.ndarray, scale: np.ndarray, axis: int) -> int:
+    """How many channels of an int8 weight (per-tensor: one) have no value at +-127."""
+    if q.dtype != np.int8 or q.ndim == 0:
+        return 0
+    mags = np.abs(q.astype(np.int32))
+    if np.asarray(scale).size == 1:
+        return int(mags.max() < 127)
+    reduce = tuple(i for i in range(q.ndim) if i != axis)
+    return int(np.sum(mags.max(axis=reduce) < 127))
