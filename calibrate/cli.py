@@ -158,6 +158,8 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
     """
     import json
 
+    import numpy as np
+
     from bertrt.atomic import write_text
     from bertrt.calibrate import smooth
     from bertrt.onnx_io import load_model, save_model
@@ -185,13 +187,16 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
     _log(f"{'GEMM input':<40} {'GEMMs':>5} {'alpha':>5} {'INT8 error':>10} {'smoothed':>9}")
     for p in plan:
         alpha = "-" if p.alpha is None else f"{p.alpha:.1f}"
-        _log(f"{p.activation[:40]:<40} {len(p.gemms):>5} {alpha:>5} {p.error_before:>10.4f} {p.error_after:>9.4f}")
+        _log(f"{p.activation[:40]:<40} {len(p.gemms):>5} {alpha:>5} {p.error_before:>10.4f} {p.error_after:>9.4f}"
+             + (f"  left as it is: {p.reason}" if p.reason else ""))
     _log(f"{len(chosen)} of {len(plan)} GEMM inputs smoothed ({len(feeds)} samples, "
          f"{time.perf_counter() - start:.1f} s); error = relative error of the INT8 GEMM on sampled tokens")
     save_model(smooth.apply(proto, plan), output)
     if report_path:
-        rows = [{"activation": p.activation, "gemms": p.gemms, "alpha": p.alpha, "int8_error_before": p.error_before,
-                 "int8_error_after": p.error_after} for p in plan]
+        rows = [{"activation": p.activation, "gemms": p.gemms, "alpha": p.alpha,
+                 "int8_error_before": None if np.isnan(p.error_before) else p.error_before,
+                 "int8_error_after": None if np.isnan(p.error_after) else p.error_after, "reason": p.reason or None}
+                for p in plan]
         write_text(report_path, json.dumps({"model": str(model), "samples": len(feeds), "smoothing": rows},
                                            indent=1) + "\n")
     _log(f"-> {output}")

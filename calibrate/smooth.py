@@ -53,6 +53,7 @@ class Smoothing:
     error_before: float  # relative error of the INT8 GEMM(s) on the sampled tokens, unsmoothed
     error_after: float  # the same with the chosen alpha (= error_before when left alone)
     scale: np.ndarray | None = None  # s, float32 [channels]
+    reason: str = ""  # why it was left as it is
 
 
 @dataclass
@@ -164,28 +165,36 @@ def plan(model: onnx.ModelProto, feeds: list[Feed], *, skip_gemms: Iterable[str]
         readers.setdefault(act, []).append(node)
     # An activation is smoothed only if every weight GEMM reading it is smoothed with it, and each of their
     # weights is an initializer read by this GEMM alone (scaling it must change nothing else).
-    wanted = []
     uses = {}
     for node in index.nodes:
         for t in node.input:
             uses[t] = uses.get(t, 0) + 1
+    refused = {}
     for act, nodes in readers.items():
         if any(n.name in skip for n in nodes):
             continue
-        if all(n.input[1] in weights and uses[n.input[1]] == 1 for n in nodes):
-            wanted.append(act)
-    if not wanted:
-        return []
-    stats = channel_stats(model, feeds, wanted, tokens=tokens, progress=progress)
+        if not all(n.input[1] in weights for n in nodes):
+            refused[act] = "a weight is a Constant node, not an initializer"
+        elif not all(uses[n.input[1]] == 1 for n in nodes):
+            refused[act] = "a weight is shared with another node"
+    wanted = [a for a, nodes in readers.items() if a not in refused and not any(n.name in skip for n in nodes)]
+    stats = channel_stats(model, feeds, wanted, tokens=tokens, progress=progress) if wanted else {}
     out = []
-    for act in wanted:
-        nodes = readers[act]
+    for act, nodes in readers.items():
+        names = [n.name for n in nodes]
+        if act in refused:
+            out.append(Smoothing(act, names, None, float("nan"), float("nan"), reason=refused[act]))
+        if act not in stats:
+            continue
         w = np.concatenate([_rows(numpy_helper.to_array(weights[n.input[1]]).astype(np.float32), n)
                             for n in nodes], axis=1)
         if w.shape[0] != stats[act].absmax.size:
+            out.append(Smoothing(act, names, None, float("nan"), float("nan"),
+                                 reason=f"weight rows {w.shape[0]} != activation channels {stats[act].absmax.size}"))
             continue
         alpha, before, after, s = choose(stats[act], w, alphas)
-        out.append(Smoothing(act, [n.name for n in nodes], alpha, before, after, s))
+        out.append(Smoothing(act, names, alpha, before, after, s,
+                             reason="" if alpha is not None else "no alpha lowers the INT8 error"))
     return out
 
 

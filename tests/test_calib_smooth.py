@@ -269,7 +269,9 @@ def test_gemm_transposed_weight_and_shared_weights():
         x[:, 3] *= 40
         feeds.append({"x": x, "x2": x, "x3": x})
     plan = smooth.plan(model, feeds, progress=False)
-    assert [p.activation for p in plan] == ["x"] and plan[0].alpha is not None
+    assert [(p.activation, p.alpha is not None, p.reason) for p in plan] == [
+        ("x", True, ""), ("x2", False, "a weight is shared with another node"),
+        ("x3", False, "a weight is shared with another node")]
     smoothed = smooth.apply(model, plan)
     a, b = _session(model), _session(smoothed)
     for feed in feeds:
