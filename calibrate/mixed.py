@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import onnx
 
-from bertrt.calibrate.tensors import GraphIndex, is_gemm_prescale, select_tensors, weight_gemms
+from bertrt.calibrate.tensors import GraphIndex, select_tensors, unscaled, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.plugins.nodes import QKV_TO_CONTEXT
 
@@ -56,9 +56,7 @@ def gemm_groups(model: onnx.ModelProto) -> dict[str, str]:
 
     groups = {}
     for node, act in weight_gemms(index):
-        prescale = index.producer.get(act)
-        if prescale is not None and is_gemm_prescale(index, prescale):  # a smoothing Mul: what it scales
-            act = next(t for t in prescale.input if not index.is_const(t))
+        act = unscaled(index, act) or act  # smoothed: the group is that of what the smoothing scales
         src = None if act in gelu_outputs else back(act)
         dst = ahead(node.output[0])
         if act in gelu_outputs or src in _GELU:

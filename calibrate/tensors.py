@@ -77,6 +77,14 @@ def is_gemm_prescale(index: GraphIndex, node: onnx.NodeProto) -> bool:
         for c in readers)
 
 
+def unscaled(index: GraphIndex, tensor: str) -> str | None:
+    """The tensor a smoothing Mul (is_gemm_prescale) scaled into ``tensor``, or None if none made it."""
+    node = index.producer.get(tensor)
+    if node is None or not is_gemm_prescale(index, node):
+        return None
+    return next(t for t in node.input if not index.is_const(t))
+
+
 def _gemm_tensors(index: GraphIndex, roles: dict[str, str]) -> None:
     for node in index.nodes:
         if node.op_type not in GEMM_OPS:
@@ -86,9 +94,9 @@ def _gemm_tensors(index: GraphIndex, roles: dict[str, str]) -> None:
             continue
         for t in acts:
             roles.setdefault(t, "gemm_input")
-            prescale = index.producer.get(t)
-            if prescale is not None and is_gemm_prescale(index, prescale):  # the tensor it scales keeps its range
-                roles.setdefault(next(i for i in prescale.input if not index.is_const(i)), "gemm_input")
+            before = unscaled(index, t)
+            if before is not None:  # smoothed: the tensor the smoothing scales keeps its range
+                roles.setdefault(before, "gemm_input")
         out = node.output[0]
         roles.setdefault(out, "gemm_output")
         # The bias add after a weight GEMM (the QKV projections and dense outputs in tf2onnx graphs).
