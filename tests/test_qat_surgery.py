@@ -98,3 +98,18 @@ def test_dequantize_reports_weights_short_of_full_range(canonical_fixtures):
     report = pipeline.run(model, passes=["dequantize"]).reports[0]
     axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
     assert f"{q.shape[axis]} weight channels do not reach +-127" in " ".join(report.notes)
+
+
+def test_dequantize_of_a_computed_tensor_is_reported_and_kept(canonical_fixtures):
+    """A DequantizeLinear fed by neither a QuantizeLinear nor a constant (here an int8 weight through an
+    Identity) is a miss with its reason, and stays in the graph."""
+    model = onnx.load(canonical_fixtures["qat_qdq"])
+    inits = {t.name for t in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+    weight = dq.input[0]
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", [weight], [weight + "/copy"], name="copy"))
+    dq.input[0] = weight + "/copy"
+    result = pipeline.run(model, passes=["dequantize"])
+    misses = result.reports[0].misses
+    assert len(misses) == 1 and "neither a QuantizeLinear nor a constant" in str(misses[0])
+    assert any(n.op_type == "DequantizeLinear" and n.input[0] == weight + "/copy" for n in result.model.graph.node)
