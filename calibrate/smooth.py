@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,21 +164,17 @@ def plan(model: onnx.ModelProto, feeds: list[Feed], *, skip_gemms: Iterable[str]
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node, act in weight_gemms(index):
         readers.setdefault(act, []).append(node)
-    # An activation is smoothed only if every weight GEMM reading it is smoothed with it, and each of their
-    # weights is an initializer read by this GEMM alone (scaling it must change nothing else).
-    uses = {}
-    for node in index.nodes:
-        for t in node.input:
-            uses[t] = uses.get(t, 0) + 1
+    # GEMMs left in float are not smoothed, nor anything else reading their input.
+    readers = {a: nodes for a, nodes in readers.items() if not any(n.name in skip for n in nodes)}
+    # Scaling a weight must change nothing but this GEMM: an initializer read by it alone.
+    uses = Counter(t for node in index.nodes for t in node.input)
     refused = {}
     for act, nodes in readers.items():
-        if any(n.name in skip for n in nodes):
-            continue
         if not all(n.input[1] in weights for n in nodes):
             refused[act] = "a weight is a Constant node, not an initializer"
         elif not all(uses[n.input[1]] == 1 for n in nodes):
             refused[act] = "a weight is shared with another node"
-    wanted = [a for a, nodes in readers.items() if a not in refused and not any(n.name in skip for n in nodes)]
+    wanted = [a for a in readers if a not in refused]
     stats = channel_stats(model, feeds, wanted, tokens=tokens, progress=progress) if wanted else {}
     out = []
     for act, nodes in readers.items():
