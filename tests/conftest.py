@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The real assets (a fine-tuned SQuAD BERT, the official SQuAD files) live beside the checkout in
+# ../shared, or wherever BERTRT_SHARED points; a fresh clone has none, and the tests that need them skip.
+SHARED = Path(os.environ.get("BERTRT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def need_shared(*relpaths: str) -> list[Path]:
+    """The paths under SHARED, or skip the test naming the files it needs."""
+    paths = [SHARED / r for r in relpaths]
+    missing = [r for r, p in zip(relpaths, paths) if not p.exists()]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} under {SHARED} (set BERTRT_SHARED to the folder that has them)")
+    return paths
 
 
 @pytest.fixture(scope="session")
