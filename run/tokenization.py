@@ -92,3 +92,12 @@ class WordPieceTokenizer:
 def load_tokenizer(vocab_path: str | os.PathLike) -> WordPieceTokenizer:
     """A tokenizer per vocab file, built once (the vocabulary takes a moment to load)."""
     return WordPieceTokenizer(vocab_path)
+
+
+def vocab_or_default(vocab: str | os.PathLike | None) -> str | os.PathLike:
+    """``vocab``, or BERT's uncased vocab.txt (what the zoo's models and NGC's checkpoints use) when it is None."""
+    if vocab is not None:
+        return vocab
+    from bertrt.convert.zoo import vocab_path
+
+    return vocab_path()
