@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from bertrt.cli import cli
 from bertrt.errors import BertrtError
 from bertrt.plugins.handbuilt import fused_bert, random_bert_weights
+from bertrt.ranges import read_ranges
 from bertrt.run.engine_build import (check_profiles, make_loaders, make_plan, model_facts, read_calib_cache,
-                                     read_ranges)
+                                     tactic_source_bits)
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -140,7 +141,7 @@ def test_model_facts_and_profile_check(fused, tiny_onnx):
     facts = model_facts(onnx.load(fused))
     assert facts == {"varseqlen": False, "has_qdq": False, "dims": {n: (None, None) for n in INPUTS}}
     plan = make_plan(tiny_onnx, "e", target="trt10", precision="fp16", batches=(1, 8), seqs=(384,))
-    with pytest.raises(BertrtError, match="fixed dimension 1 = 128.*--seq 128"):
+    with pytest.raises(BertrtError, match="fixed dimension 1 = 128.*sequence length 128"):
         check_profiles(plan, model_facts(onnx.load(tiny_onnx))["dims"], tiny_onnx)
 
 
@@ -151,7 +152,7 @@ def test_read_ranges_and_cache(tmp_path, ranges, cache):
     assert read_ranges(nested) == {"a": 1.0}
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": -1}')
-    with pytest.raises(BertrtError, match="positive"):
+    with pytest.raises(BertrtError, match="finite number >= 0"):
         read_ranges(bad)
     algorithm, data = read_calib_cache(cache)
     assert algorithm == "EntropyCalibration2" and data == cache.read_bytes()
