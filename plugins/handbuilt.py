@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from bertrt.contract import CANONICAL_INPUTS, LOGITS
+from bertrt.contract import CANONICAL_INPUTS, LOGITS, VOCAB_SIZE
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, make_plugin_node
 from bertrt.plugins.specs import get_spec
 
@@ -172,19 +172,11 @@ def _skip(b, version, x, skip, type_id, weights, layer, prefix, name):
     return out
 
 
-def random_bert_weights(num_layers: int, hidden: int, heads: int, intermediate: int, vocab: int = 30522,
+def random_bert_weights(num_layers: int, hidden: int, heads: int, intermediate: int, vocab: int = VOCAB_SIZE,
                         max_pos: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded Google-named weights of any size (std 0.02, LayerNorm gamma near 1)."""
-    from bertrt.convert.checkpoint import BertConfig, required_shapes
+    """Seeded Google-named weights of any size: the zoo's random weights (std 0.02, LayerNorm gamma near 1)."""
+    from bertrt.convert.checkpoint import BertConfig
+    from bertrt.convert.zoo import random_weights
 
     cfg = BertConfig(num_layers, hidden, heads, intermediate, vocab, max_position_embeddings=max_pos)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in sorted(required_shapes(cfg).items()):
-        if name.endswith("gamma"):
-            out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        elif name.endswith("beta"):
-            out[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
-        else:
-            out[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
-    return out
+    return random_weights(cfg, seed, std=0.02)
