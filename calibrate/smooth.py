@@ -153,7 +153,8 @@ def channel_stats(model: onnx.ModelProto, feeds: list[Feed], activations: list[s
 
 
 def plan(model: onnx.ModelProto, feeds: list[Feed], *, skip_gemms: Iterable[str] = (),
-         alphas: Iterable[float] = ALPHAS, tokens: int = SAMPLE_TOKENS, progress: Progress | None = None) -> list[Smoothing]:
+         alphas: Iterable[float] = ALPHAS, tokens: int = SAMPLE_TOKENS,
+         progress: Progress | None = None) -> list[Smoothing]:
     """Decide the smoothing of every weight GEMM input of ``model`` (except GEMMs in ``skip_gemms``, which stay
     in float), in graph order."""
     index = GraphIndex(model)

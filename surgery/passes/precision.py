@@ -7,8 +7,8 @@ FP16 I/O, and a Cast back to float32 before the outputs. Nothing to do at FP32.
 
 INT8 on trt10 targets is implicit: everything is FP16 as above, and the plugins whose INT8 kernels fit the
 model (the spec table's INT8 limits: head size and fixed sequence for QKVToContext, hidden size for
-SkipLayerNorm) run with ``type_id`` = 2, reading their scales from the ranges `bertrt calibrate` writes. On trt11 INT8 is
-explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/DQ on its GEMMs.
+SkipLayerNorm) run with ``type_id`` = 2, reading their scales from the ranges `bertrt calibrate` writes. On trt11 INT8
+is explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/DQ on its GEMMs.
 """
 
 from __future__ import annotations
