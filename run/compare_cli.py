@@ -17,7 +17,8 @@ from bertrt.run.compare import TOLERANCES
     + ") [default: the lowest the plugin nodes run in, so a fused FP16 graph gets FP16's].")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance (overrides the precision's).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (overrides the precision's).")
-@batch_option(help="Sequences per random input (a packed B: sequences packed together).")
+@batch_option(default=1, help="Random sequences per input (a packed B takes them packed together); 1 by "
+                              "default: a quick check, raise it (or --iterations) for a wider one.")
 @seq_option
 @seed_option()
 @click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True,
