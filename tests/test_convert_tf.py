@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 
 import numpy_bert
@@ -56,6 +57,7 @@ def test_tiny_matches_independent_numpy_bert(tiny_ckpt, tiny_onnx):
         np.testing.assert_allclose(got2[0, :n], got[0, :n], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_minilm_on_real_sentences(minilm_ckpt, minilm_converted):
     from tokenizers import BertWordPieceTokenizer
 
@@ -92,6 +94,7 @@ def test_dynamic_seq(tiny_ckpt, tmp_path):
         assert _ort(out, check_feeds(1, s, 30522)).shape == (1, s, 2)
 
 
+@pytest.mark.slow
 def test_same_input_same_bytes(tiny_ckpt, tmp_path):
     outs = []
     for i in range(2):  # separate processes, as a user runs the command
