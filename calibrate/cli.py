@@ -102,13 +102,14 @@ def calibrate():
 def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_clamp, vocab, seq, name_map,
                keep_unmapped, float_groups, out):
     """Measure per-tensor INT8 ranges (amax) of a canonical MODEL with ONNX Runtime."""
-    from bertrt.ranges import write_ranges
     from bertrt.calibrate.stats import calibrate as run_calibration
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import write_ranges
 
     _one_source(squad_json, npz_dir)
     names = _name_map(name_map)
     proto = load_model(model, load_external_data=False)
+    _log(f"calibrate ranges: {model}, {calib_num} samples, {method}")
     drops = set()
     if float_groups:
         from bertrt.calibrate.mixed import float_gemm_drops
@@ -172,6 +173,7 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 
             skip = float_gemms(proto, _groups(float_groups))
         feeds = _feeds(proto, model, squad_json, npz_dir, calib_num, vocab, seq)
+        _log(f"calibrate smooth: {model}, {len(feeds)} samples")
         start = time.perf_counter()
         plan = smooth.plan(proto, feeds, skip_gemms=skip, progress=reporter())
     except BertrtError as e:
@@ -232,8 +234,8 @@ def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, out):
 def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
     """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs."""
     from bertrt.calibrate.qdq import insert_qdq
-    from bertrt.ranges import read_ranges
     from bertrt.onnx_io import load_model, save_model
+    from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges_path)
     proto = load_model(model)
@@ -261,8 +263,8 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
 def qat_cmd(model, name_map, out):
     """Ranges of a Q/DQ (QAT) MODEL from its own scales: amax = scale x 127."""
     from bertrt.calibrate.qat import qat_ranges
-    from bertrt.ranges import write_ranges
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import write_ranges
 
     result = qat_ranges(load_model(model), model)
     for note in result.notes:
@@ -302,14 +304,14 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     from bertrt.atomic import write_text
     from bertrt.calibrate import data_source
     from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model, table
-    from bertrt.ranges import read_ranges
     from bertrt.onnx_io import load_model
-
+    from bertrt.ranges import read_ranges
     from bertrt.run.tokenization import vocab_or_default
 
     seq = data_source.model_seq(load_model(model, load_external_data=False), model, seq)
     samples = eval_samples(squad_json, vocab_or_default(vocab), seq, num)
     cand = load_model(candidate)
+    _log(f"calibrate evaluate: {candidate} against {model} on {len(samples)} questions")
     amax = read_ranges(amax_path) if amax_path else None
     kind = "as given"
     if amax is not None and not plugins_only:
