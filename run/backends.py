@@ -25,9 +25,12 @@ TENSORRT_INSTALL = ("pip install tensorrt --extra-index-url https://pypi.nvidia.
 
 
 def current_command() -> str:
-    """The bertrt command line being run (rebuilt from click's parsed parameters), for messages."""
-    import click
-
+    """The bertrt command line being run (rebuilt from click's parsed parameters), for messages; the process's
+    own arguments when the library runs without the command line."""
+    try:
+        import click
+    except ImportError:  # the library needs no click
+        return shlex.join(sys.argv)
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return shlex.join(sys.argv)
@@ -103,7 +106,7 @@ class Backend:
         B, S = check_feeds(feeds, self.path)
         shape = self.input_shape
         if shape.seq is not None and S != shape.seq:
-            raise BertrtError(f"the model takes sequence length {shape.seq}, got {S} (use --seq {shape.seq})",
+            raise BertrtError(f"the model takes sequence length {shape.seq}, got {S}",
                               self.path)
         feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.int32) for n in CANONICAL_INPUTS}
         step = shape.batch or shape.max_batch or B
@@ -277,7 +280,7 @@ class TrtBackend(Backend):
 def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None, threads: int = 0) -> Backend:
     """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes)."""
     if (engine is None) == (onnx is None):
-        raise BertrtError("give exactly one of an engine (--engine) or an ONNX model (--onnx)")
+        raise BertrtError("give exactly one of an engine or an ONNX model")
     if engine is not None:
         return TrtBackend(engine)
     from bertrt.onnx_io import load_model
