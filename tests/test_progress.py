@@ -68,3 +68,19 @@ def test_the_command_line_turns_a_library_error_into_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == f"Error: {bad}: amax of 'a' is 'x', expected a number"
     assert not (tmp_path / "c.cache").exists()
+
+
+def test_a_terminal_gets_a_bar():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    r = for_stream(out)
+    with task(r, "calibrate ranges", total=3, unit="samples") as advance:
+        for _ in range(3):
+            advance()
+    r.log("done")
+    r.close()
+    text = out.getvalue()
+    assert "calibrate ranges  [" in text and "3/3" in text and text.endswith("done\n")
