@@ -224,8 +224,9 @@ def import_streaming(path) -> gs.Graph:
 
 
 def read_skeleton(path) -> onnx.ModelProto:
-    """The model's graph inputs and outputs, its nodes' op types and domains and its initializers' names, read
-    without the weights or node attributes: what a command needs to plan from a 2 GB graph, in milliseconds."""
+    """The model without its tensor data: graph inputs, outputs and value_info, every node with its attributes,
+    where initializers and TENSOR attributes keep their name, type and dims but no values. What a command needs
+    to plan from a 2 GB graph (plugin fields, dtypes, table sizes), read in milliseconds."""
     import mmap
 
     from bertrt.errors import BertrtError
@@ -235,45 +236,93 @@ def read_skeleton(path) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for field, start, end in _fields(mm, 0, len(mm)):
-                if field == 7:  # ModelProto.graph
+            for field, wire, start, end in _all_fields(mm, 0, len(mm)):
+                if field == 1 and wire == 0:  # ModelProto.ir_version
+                    model.ir_version = _varint_at(mm, start)[0]
+                elif field == 7 and wire == 2:  # ModelProto.graph
                     _skeleton_graph(mm, start, end, model.graph)
-                elif field == 8:  # ModelProto.opset_import
+                elif field == 8 and wire == 2:  # ModelProto.opset_import
                     model.opset_import.add().ParseFromString(mm[start:end])
-    except (ValueError, IndexError, DecodeError) as e:
-        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+    except (ValueError, IndexError, DecodeError, UnicodeDecodeError) as e:
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {_why(e)}", path) from None
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
     return model
 
 
 def _skeleton_graph(mm, start, end, graph) -> None:
-    for field, s, e in _fields(mm, start, end):
-        if field == 1:  # node: op type and domain only
+    for field, wire, s, e in _all_fields(mm, start, end):
+        if wire != 2:
+            continue
+        if field == 1:  # node: everything but the data of its tensor attributes
             node = graph.node.add()
-            for f, a, b in _fields(mm, s, e):
-                if f == 4:
-                    node.op_type = mm[a:b].decode()
-                elif f == 7:
-                    node.domain = mm[a:b].decode()
-        elif field == 5:  # initializer: its name only
-            init = graph.initializer.add()
-            for f, a, b in _fields(mm, s, e):
-                if f == 8:
-                    init.name = mm[a:b].decode()
-        elif field in (11, 12):  # input, output
-            (graph.input if field == 11 else graph.output).add().ParseFromString(mm[s:e])
+            rest = bytearray()
+            for f, w, a, b in _all_fields(mm, s, e, with_tag=True):
+                if f == 5 and w == 2:  # NodeProto.attribute
+                    node.attribute.append(_light_attribute(mm, *_value_span(mm, a, b)))
+                else:
+                    rest += mm[a:b]
+            node.MergeFromString(bytes(rest))
+        elif field == 5:  # initializer: name, type and dims
+            graph.initializer.append(_tensor_stub(mm, s, e))
+        elif field in (11, 12, 13):  # input, output, value_info
+            {11: graph.input, 12: graph.output, 13: graph.value_info}[field].add().ParseFromString(mm[s:e])
 
 
-def _fields(buf, pos: int, end: int):
-    """(field number, value start, value end) of each length-delimited field of the message in buf[pos:end]."""
+def _light_attribute(mm, start, end) -> onnx.AttributeProto:
+    attr, rest, tensor = onnx.AttributeProto(), bytearray(), None
+    for f, w, a, b in _all_fields(mm, start, end, with_tag=True):
+        if f == 5 and w == 2:  # AttributeProto.t
+            tensor = _tensor_stub(mm, *_value_span(mm, a, b))
+        else:
+            rest += mm[a:b]
+    attr.MergeFromString(bytes(rest))
+    if tensor is not None:
+        attr.t.CopyFrom(tensor)
+    return attr
+
+
+def _tensor_stub(mm, start, end) -> onnx.TensorProto:
+    """A TensorProto with the name, data type and dims of the one at mm[start:end], and no data."""
+    t = onnx.TensorProto()
+    for f, w, a, b in _all_fields(mm, start, end):
+        if f == 1 and w == 0:  # dims, unpacked
+            t.dims.append(_varint_at(mm, a)[0])
+        elif f == 1 and w == 2:  # dims, packed
+            pos = a
+            while pos < b:
+                value, pos = _varint_at(mm, pos)
+                t.dims.append(value)
+        elif f == 2 and w == 0:
+            t.data_type = _varint_at(mm, a)[0]
+        elif f == 8 and w == 2:
+            t.name = mm[a:b].decode()
+    return t
+
+
+def _why(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _all_fields(buf, pos: int, end: int, with_tag: bool = False):
+    """(field number, wire type, value start, field end) of each field of the message in buf[pos:end]; with
+    ``with_tag`` the span starts at the field's tag (the whole field, to copy it as it is)."""
     while pos < end:
+        tag_start = pos
         field, wire, pos = _tag(buf, pos)
         start, pos = _skip(buf, pos, wire)
         if pos > end:
             raise ValueError("a field runs past the end of its message")
-        if wire == 2:
-            yield field, start, pos
+        if field == 0:
+            raise ValueError("field number 0")
+        yield field, wire, tag_start if with_tag else start, pos
+
+
+def _value_span(buf, tag_start: int, end: int) -> tuple[int, int]:
+    """(value start, end) of the length-delimited field whose tag starts at tag_start."""
+    _field, wire, pos = _tag(buf, tag_start)
+    return _skip(buf, pos, wire)[0], end
 
 
 def _varint_at(buf, pos: int) -> tuple[int, int]:

@@ -20,9 +20,9 @@ def target_option(func):
     return click.option(
         "-t", "--target", type=click.Choice(config.names("targets")), default=contract.DEFAULT_TARGET,
         show_default=True,
-        help="TensorRT target (configs/targets): trt10-legacy (the former demo's V2 plugin versions), trt10 "
-             "(TensorRT 10.6+, IPluginV3 versions), trt11 (strongly typed: FP16 and INT8 in the graph). "
-             "Give surgery and build the same one.")(func)
+        help="TensorRT target (configs/targets): trt10-legacy (TensorRT 10.0 to 10.x, the former demo's V2 plugin "
+             "versions), trt10 (TensorRT 10.6 to 10.x, IPluginV3 versions), trt11 (TensorRT 11, strongly typed: FP16 "
+             "and INT8 in the graph). Give surgery and build the same one.")(func)
 
 
 def precision_option(func=None, *, help: str | None = None, tolerances: bool = False):

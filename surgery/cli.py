@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from bertrt import config
@@ -121,7 +119,7 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
                           "Use --allow-partial to write it anyway", src)
     result.save(out)
     if name_map_path:
-        from bertrt.atomic import write_text
+        from bertrt.name_map import write_name_map
 
-        write_text(name_map_path, json.dumps(result.name_map(), indent=1, sort_keys=True) + "\n")
+        write_name_map(name_map_path, result.name_map())
     click.echo(f"wrote {out}")

@@ -104,7 +104,7 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
         if dump_dir is not None:
             save_graph(graph.cleanup().toposort(), Path(dump_dir) / f"{i:02d}-{p.name}.onnx", _finish)
     graph.cleanup().toposort()
-    counts, leftover, problems = summarize(graph)
+    counts, leftover, problems = summarize(graph, strongly_typed=bool(tgt.get("strongly_typed")))
     complete = _complete(counts, leftover, ctx)
     return SurgeryResult(graph, reports, counts, leftover, complete, problems,
                          _resolve(ctx.tensor_map, graph, originals))
@@ -133,8 +133,9 @@ def _finish(model: onnx.ModelProto) -> None:
     declare_plugin_domain(model)
 
 
-def summarize(graph):
-    """(plugin counts by name and version, unfused encoder ops left, validator problems) of a gs graph or model."""
+def summarize(graph, strongly_typed: bool = False):
+    """(plugin counts by name and version, unfused encoder ops left, validator problems) of a gs graph or model;
+    ``strongly_typed``: validated for a strongly typed network (the trt11 target)."""
     from bertrt.plugins.nodes import read_attrs
     from bertrt.plugins.shapes import GraphInfo
     from bertrt.plugins.specs import validate
@@ -148,7 +149,7 @@ def summarize(graph):
         if op(n) in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM):
             version = read_attrs(n).get("plugin_version")
             counts[f"{op(n)} v{version.value if version else '?'}"] += 1
-            problems += [f"{n.name}: {p}" for p in validate(n, info)]
+            problems += [f"{n.name}: {p}" for p in validate(n, info, strongly_typed)]
     leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS)
     return dict(sorted(counts.items())), dict(sorted(leftover.items())), problems
 

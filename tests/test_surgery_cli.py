@@ -66,7 +66,14 @@ def test_inspect(tiny_onnx, tmp_path):
     r = _run("inspect", out)
     assert r.exit_code == 0
     assert "CustomQKVToContextPluginDynamic (has_mask=1, hidden_size=128, num_heads=2, plugin_version=1, type_id=1)" in r.output
-    assert "unfused encoder ops: none" in r.output and "validator: no problems" in r.output
+    assert "unfused encoder ops: none" in r.output and "validator (weakly typed): no problems" in r.output
+    # A trt10 graph keeps float32 tensors around FP16 plugins: fine for TensorRT 10's builder flag, no implementation
+    # in a strongly typed network (#14), which inspect says as well.
+    assert "validator (strongly typed, trt11): 17 more problem(s)" in r.output
+    assert "is float32, but type_id = 1 (FP16) needs float16" in r.output
+    _run("run", tiny_onnx, "-o", out, "--target", "trt11", "--precision", "fp16")
+    r = _run("inspect", out)
+    assert "validator (weakly typed): no problems" in r.output and "(strongly typed, trt11): no more problems" in r.output
     raw = _run("inspect", tiny_onnx)
     assert "plugin nodes: none" in raw.output and "Softmax x2" in raw.output
 
