@@ -63,7 +63,7 @@ def build(onnx_path, out, target, precision, batch, seq, ranges, calib_cache, ti
     plan = make_plan(onnx_path, out, target=target, precision=precision, batches=batches, seqs=seqs,
                      varseqlen=facts["varseqlen"], has_qdq=facts["has_qdq"], ranges=ranges, calib_cache=calib_cache,
                      timing_cache=timing_cache, workspace_mb=workspace_mb, trt_version=trt_version or installed,
-                     max_seq=facts["max_seq"])
+                     max_seq=facts["max_seq"], positions=facts["positions"])
     check_profiles(plan, facts["dims"], onnx_path)
     check_graph(plan, model, onnx_path)
     check_scales(plan, facts["tensors"])

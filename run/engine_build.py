@@ -140,12 +140,12 @@ def _text(version: tuple[int, int, int]) -> str:
 def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(DEFAULT_SEQ,), varseqlen: bool = False,
               has_qdq: bool = False, ranges=None, calib_cache=None, timing_cache=None,
               workspace_mb: int | None = None, trt_version: str | None = None,
-              max_seq: int | None = None) -> BuildPlan:
+              max_seq: int | None = None, positions: int | None = None) -> BuildPlan:
     """The build configuration for a target and precision; a BertrtError for a combination that cannot work.
 
     ``trt_version``: the TensorRT to build with (checked against the target's range, and the calibration
     cache's header against it); ``max_seq``: the longest sequence the graph computes (its position table;
-    the var-seqlen plugins' limit), which no profile may pass.
+    the var-seqlen plugins' limit), which no profile may pass; ``positions``: the rows of its position table.
     """
     if precision not in PRECISIONS:
         raise BertrtError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
@@ -157,8 +157,11 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
     if trt_version is not None:
         check_trt_version(target, trt_version, onnx)
     if max_seq is not None and max(seqs) > max_seq:
-        raise BertrtError(f"seq {max(seqs)} is longer than the model's {max_seq} positions", onnx,
-                          hint=f"build for --seq {max_seq} or less (its position table has no row past it)")
+        # TensorRT's kernels read the position table without a bound: a longer profile reads past it on the GPU.
+        what = f"the model's {max_seq} positions" if positions == max_seq else \
+            f"the {max_seq} tokens a var-seqlen plugin computes"
+        raise BertrtError(f"seq {max(seqs)} is longer than {what}", onnx,
+                          hint=f"build for sequences of {max_seq} tokens or fewer")
     if ranges and calib_cache:
         raise BertrtError("give either INT8 ranges or a calibration cache, not both")
     notes = []
@@ -219,7 +222,8 @@ def model_facts(model) -> dict:
     tensors = set(dims) | {o for n in model.graph.node for o in n.output if o}
     # The longest sequence it computes: the position table's rows (and the var-seqlen plugins' own limit).
     max_seq = model_max_length(model) if varseqlen else position_rows(model)
-    return {"varseqlen": varseqlen, "has_qdq": has_qdq, "dims": dims, "max_seq": max_seq, "tensors": tensors}
+    return {"varseqlen": varseqlen, "has_qdq": has_qdq, "dims": dims, "max_seq": max_seq,
+            "positions": position_rows(model), "tensors": tensors}
 
 
 def check_profiles(plan: BuildPlan, dims: dict[str, tuple], path=None) -> None:
