@@ -9,8 +9,6 @@ protobuf wire format (or into ``<name>.data`` when the model is past protobuf's 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +71,16 @@ def save_graph(graph: gs.Graph, path, finish=None, external_data: bool | None = 
 
 
 def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path, external_data=None) -> Path:
+    from bertrt.atomic import staging_dir, writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     g = model.graph
     stubs = [t for t in g.initializer if t.name in weights]
     others = [t for t in g.initializer if t.name not in weights]
     total = sum(weights[t.name].nbytes for t in stubs)
     if external_data is None:
         external_data = total + model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_dir(path) as tmpdir, writing(path):
         tmp = tmpdir / path.name
         if external_data:
             data_name = f"{path.name}.data"
@@ -102,8 +100,6 @@ def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path
             _write_single_file(model, stubs, others, weights, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 

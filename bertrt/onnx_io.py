@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from bertrt.atomic import staging_dir, writing
 from bertrt.errors import BertrtError
 
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
@@ -56,11 +55,9 @@ def model_bytes(model: onnx.ModelProto) -> int:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Write atomically. Models too big for one protobuf keep weights in ``<name>.data`` beside them."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = model_bytes(model) >= EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_dir(path) as tmpdir, writing(path):
         tmp = tmpdir / path.name
         data_name = f"{path.name}.data"
         if external_data:
@@ -72,8 +69,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         else:
             onnx.save_model(model, os.fspath(tmp))
         os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 

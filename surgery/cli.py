@@ -6,7 +6,7 @@ import click
 
 from bertrt import config
 from bertrt.options import log as _log
-from bertrt.options import out_option, precision_option, report_option, target_option
+from bertrt.options import out_option, precision_option, report_option, target_option, writable, writable_folder
 
 
 @click.group()
@@ -45,11 +45,11 @@ def list_cmd():
                        "`bertrt calibrate qdq` quantizes.")
 @click.option("--passes", default=None, help="Comma-separated pass names instead of the default list "
                                              "(`bertrt surgery list`).")
-@click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--dump-dir", type=click.Path(), metavar="DIR", default=None, callback=writable_folder,
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
 @report_option("Write the report (per pass: rewrites, misses and why, notes) as JSON.")
 @click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
-@click.option("--name-map", "name_map_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--name-map", "name_map_path", type=click.Path(), metavar="FILE", default=None, callback=writable,
               help="Write original tensor -> fused tensors as JSON, to name INT8 ranges after the fused graph "
                    "(bertrt calibrate ranges/cache --name-map).")
 @click.option("--varseqlen", is_flag=True,
