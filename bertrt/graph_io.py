@@ -166,7 +166,7 @@ def read_streaming(path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
                     if tensor.data_location == onnx.TensorProto.EXTERNAL:
                         graph_rest += mm[gstart:gpos]
                         continue
-                    weights[tensor.name] = numpy_helper.to_array(tensor)
+                    weights[tensor.name] = _array(tensor)
                     stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type)
                     stub.dims.extend(tensor.dims)
                     stubs.append(stub)
@@ -179,6 +179,13 @@ def read_streaming(path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         _read_external(model, path.parent, weights)
     return model, weights
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:  # data that does not fit the declared type and shape
+        raise ValueError(f"initializer {tensor.name}: its data does not fit its type and shape ({e})") from None
 
 
 def _read_external(model, folder: Path, weights) -> None:
@@ -209,7 +216,7 @@ def import_streaming(path) -> gs.Graph:
     except FileNotFoundError as e:
         raise BertrtError(f"external data file missing: {e.filename}", path)
     except Exception as e:  # protobuf and the wire reader fail in several ways on a damaged file
-        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {_why(e)}", path) from None
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
     graph = import_with_shapes(model)
@@ -297,8 +304,15 @@ def _tensor_stub(mm, start, end) -> onnx.TensorProto:
 
 
 def _why(e: Exception) -> str:
+    """What went wrong reading a damaged file, in words (the exception's class alone says nothing to a user)."""
+    if isinstance(e, IndexError):
+        return "the file ends inside a field"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a name is not UTF-8 text (byte {e.object[e.start:e.start + 1].hex()} at {e.start})"
+    if isinstance(e, DecodeError):
+        return "protobuf cannot parse it as an ONNX ModelProto"
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return text[0] if text else f"{type(e).__name__} while reading it"
 
 
 def _all_fields(buf, pos: int, end: int, with_tag: bool = False):

@@ -40,6 +40,15 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     return model
 
 
+def fit_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Raise the model's ir_version to the least its opsets need (opset 20 needs IR 9: a graph whose opset was raised
+    keeps its exporter's IR otherwise); custom domains (trt.plugins) ask for none. In place; returns the model."""
+    need = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if model.ir_version < need:
+        model.ir_version = need
+    return model
+
+
 def model_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the tensors stored in the model (initializers and constant attributes)."""
     total = 0

@@ -16,6 +16,7 @@ from bertrt import config
 from bertrt.contract import PRECISIONS
 from bertrt.errors import BertrtError
 from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
+from bertrt.onnx_io import fit_ir_version
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
@@ -131,6 +132,7 @@ def _resolve(tensor_map: dict, graph: gs.Graph, originals: set[str]) -> dict[str
 def _finish(model: onnx.ModelProto) -> None:
     model.producer_name = "bertrt"
     declare_plugin_domain(model)
+    fit_ir_version(model)  # the gelu pass raises the opset to 20, which needs IR 9
 
 
 def summarize(graph, strongly_typed: bool = False):

@@ -160,3 +160,17 @@ def test_build_gives_tensorrt_the_cache_under_its_own_header(fused, tmp_path):
             in r.output)
     r = bertrt(*args, "--trt-version", "10.16.0")
     assert r.exit_code == 0 and "header" not in r.output
+
+
+# ---------------------------------------------------------------- 5. the IR version follows the opset
+
+
+def test_the_ir_version_is_raised_with_the_opset(tiny_onnx, fused):
+    """The gelu pass raises the opset to 20; IR 8 (tf2onnx's) cannot declare it (onnx.helper says 9)."""
+    assert onnx.load(tiny_onnx).ir_version == 8
+    for path in fused.values():
+        model = onnx.load(path)
+        need = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        assert {o.domain: o.version for o in model.opset_import}[""] == 20 and need == 9
+        assert model.ir_version >= need
+        onnx.checker.check_model(model)
