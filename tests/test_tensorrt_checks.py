@@ -7,11 +7,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from bertrt.calib_cache import write_cache
 from bertrt.cli import cli
 from bertrt.errors import BertrtError
-from bertrt.plugins.specs import graph_typing_problems, validate
-from bertrt.run.engine_build import check_trt_version, make_plan, tensorrt_range
 
 
 def bertrt(*args):
@@ -46,6 +43,8 @@ def tiny_ranges(fused, tiny_onnx):
 
 
 def test_validator_checks_plugin_types_only_for_a_strongly_typed_network(fused):
+    from bertrt.plugins.specs import graph_typing_problems, validate
+
     trt10, trt11 = onnx.load(fused["trt10-int8"]), onnx.load(fused["trt11-int8"])
     qkv = next(n for n in trt10.graph.node if n.op_type == "CustomQKVToContextPluginDynamic")
     assert validate(qkv, trt10) == []  # weakly typed: TensorRT 10's FP16 flag converts at the plugin
@@ -59,6 +58,8 @@ def test_validator_checks_plugin_types_only_for_a_strongly_typed_network(fused):
 
 
 def test_calibrate_qdq_refuses_a_graph_typed_for_trt10(fused, tiny_ranges, tmp_path):
+    from bertrt.plugins.specs import graph_typing_problems
+
     ranges = tmp_path / "ranges.json"
     ranges.write_text(json.dumps(tiny_ranges))
     out = tmp_path / "fused.qdq.onnx"
@@ -105,6 +106,8 @@ def test_build_caps_a_packed_graph_at_its_position_table(fused, tmp_path):
     r = bertrt("build", packed, "-o", tmp_path / "e.plan", "--dry-run")  # the default: 384, capped at 128
     assert r.exit_code == 0, r.output
     assert "--seq 128" in r.output and "max_seqlen min (1,) opt (128,) max (128,)" in r.output
+    from bertrt.run.engine_build import make_plan
+
     with pytest.raises(BertrtError, match="seq 512 is longer than the 384 tokens a var-seqlen plugin computes"):
         make_plan("p.onnx", "e", target="trt10", precision="fp16", seqs=(512,), varseqlen=True, max_seq=384,
                   positions=512)
@@ -114,6 +117,8 @@ def test_build_caps_a_packed_graph_at_its_position_table(fused, tmp_path):
 
 
 def test_each_target_says_the_tensorrt_it_runs_on():
+    from bertrt.run.engine_build import check_trt_version, tensorrt_range
+
     assert tensorrt_range("trt10-legacy") == ((10, 0, 0), (11, 0, 0))  # the Gelu op at opset 20: parser 10.0
     assert tensorrt_range("trt10") == ((10, 6, 0), (11, 0, 0))  # EmbLayerNorm v6 came in 10.6
     assert tensorrt_range("trt11") == ((11, 0, 0), None)
@@ -149,6 +154,8 @@ def test_build_refuses_plugin_versions_the_tensorrt_has_not(fused, tmp_path):
 
 
 def test_build_gives_tensorrt_the_cache_under_its_own_header(fused, tmp_path):
+    from bertrt.calib_cache import write_cache
+
     cache = tmp_path / "calib.cache"
     names = json.loads((fused["trt10-int8"].parent / "trt10-int8.map.json").read_text())
     write_cache(cache, {n: 3.0 for n in names}, "10.16", name_map=names, drop_unmapped=True)
