@@ -26,6 +26,7 @@ import os
 import random
 import re
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -383,9 +384,31 @@ def ranges_cases(names: list[str], rng: random.Random, n: int):
             yield "empty_file", b"", False
 
 
-def cache_cases(names: list[str], rng: random.Random, n: int):
-    from bertrt.calib_cache import scale_hex
+def scale_hex(amax: float) -> str:
+    return struct.pack(">f", np.float32(amax / 127)).hex()
 
+
+def read_cache_independently(path: Path) -> None:
+    """What TensorRT reads: a TRT-<version>-<algorithm> header, then '<tensor>: <hex float32>' with a positive
+    finite scale, each tensor once (written here, not bertrt's reader, to judge bertrt's writer)."""
+    lines = path.read_text(encoding="ascii").splitlines()
+    assert re.fullmatch(r"TRT-\d+-(EntropyCalibration2?|MinMaxCalibration|LegacyCalibration)", lines[0]), lines[0]
+    names = set()
+    for line in lines[1:]:
+        name, digits = re.fullmatch(r"(.+): ([0-9a-f]{8})", line).groups()
+        scale = struct.unpack(">f", bytes.fromhex(digits))[0]
+        assert np.isfinite(scale) and scale > 0 and name not in names, line
+        names.add(name)
+    assert names
+
+
+def read_ranges_independently(path: Path) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and data
+    assert all(isinstance(v, float) and np.isfinite(v) and 0 < np.float32(v / 127) < np.inf for v in data.values())
+
+
+def cache_cases(names: list[str], rng: random.Random, n: int):
     lines = [f"{name}: {scale_hex(rng.uniform(0.5, 20))}" for name in names]
     header = "TRT-101600-EntropyCalibration2"
     variants = [
@@ -479,62 +502,78 @@ def _nothing_written(out: Path, result) -> str | None:
     return f"a dry run wrote {out.name}" if out.exists() else None
 
 
-def test_side_files(work, canonical, fused, tiny_onnx):
-    from bertrt.calib_cache import read_cache
+@pytest.fixture(scope="module")
+def side(work, canonical, fused):
+    """(folder for side files, the canonical model's GEMM inputs, some tensor names of the fused graph)."""
     from bertrt.calibrate.tensors import GraphIndex, weight_gemms
-    from bertrt.ranges import read_ranges
 
-    rng = random.Random(SEED + 2)
-    fused_path, map_path = fused
     canonical_acts = sorted({act for _n, act in weight_gemms(GraphIndex(onnx.load(canonical)))})
-    fused_names = sorted({t for v in json.loads(map_path.read_text()).values() for t in (v if isinstance(v, list)
-                                                                                          else [v])})[:12]
-    side = work / "side"
-    side.mkdir()
+    mapped = json.loads(fused[1].read_text()).values()
+    fused_names = sorted({t for v in mapped for t in (v if isinstance(v, list) else [v])})[:12]
+    folder = work / "side"
+    folder.mkdir()
+    return folder, canonical_acts, fused_names
 
-    def write(name, data):
-        path = side / name
-        path.write_bytes(data)
-        return path
 
+def _write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def test_ranges_files(work, side, canonical, fused):
+    folder, canonical_acts, fused_names = side
+    rng = random.Random(SEED + 2)
     ranges = Campaign("ranges file", work / "ranges")
     for i, (kind, data, valid) in enumerate(ranges_cases(canonical_acts, rng, N_SIDE)):
-        path = write(f"ranges-{i:02d}.json", data)
+        path = _write(folder, f"ranges-{i:02d}.json", data)
         ranges.case(f"{i:02d}-{kind}-cache", lambda out: ["calibrate", "cache", path, "--trt-version", "10.16", "-o", out],
-                    input_ok=valid, check_output=_reads_as(read_cache), out_name="calib.cache")
+                    input_ok=valid, check_output=_reads_as(read_cache_independently), out_name="calib.cache")
         ranges.case(f"{i:02d}-{kind}-qdq", lambda out: ["calibrate", "qdq", canonical, "--ranges", path, "-o", out],
                     input_ok=False if valid is False else None, check_output=_accepts_model)
     for i, (kind, data, valid) in enumerate(ranges_cases(fused_names, rng, N_SIDE)):
-        path = write(f"fused-ranges-{i:02d}.json", data)
-        ranges.case(f"{i:02d}-{kind}-build", lambda out: ["build", fused_path, "-o", out, "--precision", "int8",
+        path = _write(folder, f"fused-ranges-{i:02d}.json", data)
+        ranges.case(f"{i:02d}-{kind}-build", lambda out: ["build", fused[0], "-o", out, "--precision", "int8",
                                                           "--ranges", path, "--dry-run"],
                     input_ok=valid if valid is not None else False, check_output=_nothing_written, out_name="e.plan")
     ranges.check()
 
+
+def test_calibration_caches(work, side, fused):
+    folder, _, fused_names = side
+    rng = random.Random(SEED + 3)
     cache = Campaign("calibration cache", work / "cache")
     for i, (kind, data, valid) in enumerate(cache_cases(fused_names, rng, N_SIDE)):
-        path = write(f"calib-{i:02d}.cache", data)
-        cache.case(f"{i:02d}-{kind}", lambda out: ["build", fused_path, "-o", out, "--precision", "int8",
+        path = _write(folder, f"calib-{i:02d}.cache", data)
+        cache.case(f"{i:02d}-{kind}", lambda out: ["build", fused[0], "-o", out, "--precision", "int8",
                                                    "--calib-cache", path, "--dry-run"],
                    input_ok=valid, check_output=_nothing_written, out_name="e.plan")
     cache.check()
 
+
+def test_name_maps(work, side):
+    folder, canonical_acts, _ = side
+    rng = random.Random(SEED + 4)
     names = Campaign("name map", work / "names")
-    good_ranges = write("good-ranges.json", json.dumps({n: 2.0 for n in canonical_acts}).encode())
+    good_ranges = _write(folder, "good-ranges.json", json.dumps({n: 2.0 for n in canonical_acts}).encode())
     for i, (kind, data, valid) in enumerate(name_map_cases(canonical_acts, rng, N_SIDE)):
-        path = write(f"map-{i:02d}.json", data)
+        path = _write(folder, f"map-{i:02d}.json", data)
         names.case(f"{i:02d}-{kind}", lambda out: ["calibrate", "cache", good_ranges, "--trt-version", "10.16",
                                                    "--name-map", path, "-o", out],
-                   input_ok=valid, check_output=_reads_as(read_cache), out_name="calib.cache")
+                   input_ok=valid, check_output=_reads_as(read_cache_independently), out_name="calib.cache")
         names.case(f"{i:02d}-{kind}-ranges", lambda out: ["calibrate", "qat", FIXTURE.parent / "qat_qdq.onnx",
                                                           "--name-map", path, "-o", out],
-                   input_ok=False if valid is False else None, check_output=_reads_as(read_ranges),
+                   input_ok=False if valid is False else None, check_output=_reads_as(read_ranges_independently),
                    out_name="ranges.json")
     names.check()
 
+
+def test_squad_files(work, side, tiny_onnx):
+    folder = side[0]
+    rng = random.Random(SEED + 5)
     squad = Campaign("SQuAD file", work / "squad")
     for i, (kind, data, valid) in enumerate(squad_cases(rng, N_SIDE)):
-        path = write(f"squad-{i:02d}.json", data)
+        path = _write(folder, f"squad-{i:02d}.json", data)
         # The zoo's tiny model: BERT's vocabulary (the export's is smaller), sequence 128.
         squad.case(f"{i:02d}-{kind}", lambda out: ["squad", "--onnx", tiny_onnx, "--squad-json", path, "-o", out],
                    input_ok=valid, check_output=_reads_as(lambda p: json.loads(p.read_text())),
