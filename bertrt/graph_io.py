@@ -64,13 +64,15 @@ def full_model(graph: gs.Graph, finish=None) -> onnx.ModelProto:
     return model
 
 
-def save_graph(graph: gs.Graph, path, finish=None, external_data: bool | None = None) -> Path:
-    """Export and write atomically, streaming the large weights."""
+def save_graph(graph: gs.Graph, path, finish=None, external_data: bool | None = None, check=None) -> Path:
+    """Export and write atomically, streaming the large weights; ``check(staged_path)`` may refuse the file
+    before it takes the destination's name."""
     model, weights = export_weightless(graph, finish)
-    return write_streaming(model, weights, path, external_data)
+    return write_streaming(model, weights, path, external_data, check)
 
 
-def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path, external_data=None) -> Path:
+def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path, external_data=None,
+                    check=None) -> Path:
     from bertrt.atomic import staging_dir, writing
 
     path = Path(path)
@@ -95,9 +97,13 @@ def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path
                         e.key, e.value = k, v
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
+            if check is not None:
+                check(tmp)
             os.replace(tmpdir / data_name, path.parent / data_name)
         else:
             _write_single_file(model, stubs, others, weights, tmp)
+            if check is not None:
+                check(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return path

@@ -40,6 +40,16 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     return model
 
 
+def check_written(staged: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+    """onnx.checker on a model just written (from its file, so external data and 2 GB graphs work): a graph that
+    references a tensor nothing makes, or an op its opset lacks, is refused before it takes its name."""
+    try:
+        onnx.checker.check_model(os.fspath(staged))
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise BertrtError(f"the graph made from it fails onnx.checker ({_first_line(e)}); nothing written",
+                          source) from None
+
+
 def fit_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     """Raise the model's ir_version to the least its opsets need (opset 20 needs IR 9: a graph whose opset was raised
     keeps its exporter's IR otherwise); custom domains (trt.plugins) ask for none. In place; returns the model."""

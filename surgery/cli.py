@@ -117,7 +117,7 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
     if passes is None and not result.complete and not allow_partial:
         raise BertrtError("the encoder is only partly fused (see the misses above); nothing written. "
                           "Use --allow-partial to write it anyway", src)
-    result.save(out)
+    result.save(out, source=src)
     if name_map_path:
         from bertrt.name_map import write_name_map
 

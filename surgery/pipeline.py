@@ -16,7 +16,7 @@ from bertrt import config
 from bertrt.contract import PRECISIONS
 from bertrt.errors import BertrtError
 from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
-from bertrt.onnx_io import fit_ir_version
+from bertrt.onnx_io import check_written, fit_ir_version
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
@@ -50,8 +50,10 @@ class SurgeryResult:
         """The fused model in memory (its weights copied in)."""
         return full_model(self.graph, _finish)
 
-    def save(self, path) -> None:
-        save_graph(self.graph, path, _finish)
+    def save(self, path, source=None) -> None:
+        """Write the fused graph; onnx.checker must accept it before it takes its name (``source`` names the input
+        in the refusal)."""
+        save_graph(self.graph, path, _finish, check=lambda staged: check_written(staged, source))
 
     def to_json(self) -> dict:
         return {"passes": [r.to_json() for r in self.reports], "plugins": self.counts,
