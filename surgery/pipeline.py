@@ -99,8 +99,9 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
     pass_objs = [get_pass(n) for n in names]
     originals = set(graph.tensors())
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
-    seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
-    ctx = Context(target=tgt, precision=precision, seq=seq)
+    dims = list(ids.shape) if ids is not None and ids.shape is not None and len(ids.shape) == 2 else [None, None]
+    batch, seq = (d if isinstance(d, int) and d > 0 else None for d in dims)
+    ctx = Context(target=tgt, precision=precision, seq=seq, batch=batch)
     reports = []
     for i, p in enumerate(pass_objs, 1):
         log(f"[{i}/{len(pass_objs)}] {p.name}: {p.description}")
