@@ -93,7 +93,8 @@ class Pass:
     def __call__(self, graph: gs.Graph, ctx: Context) -> PassReport:
         report = PassReport(self.name)
         t = time.perf_counter()
-        graph.__dict__.pop("_bertrt_taken", None)  # names are collected again for each pass (graph_utils.unique_name)
+        for key in ("_bertrt_taken", "_bertrt_taken_tensors"):  # names are collected again for each pass
+            graph.__dict__.pop(key, None)                        # (graph_utils.unique_name)
         self.apply(graph, ctx, report)
         graph.cleanup().toposort()
         report.seconds = time.perf_counter() - t

@@ -185,13 +185,14 @@ def removal_problem(graph: gs.Graph, inputs: list[gs.Tensor], nodes: list[gs.Nod
     return f"{kept.op} {kept.name} would keep running beside the fusion"
 
 
-def unique_name(graph: gs.Graph, base: str) -> str:
-    """``base``, or ``base_1``, ``base_2``, ... : a name no node or tensor of the graph has (ONNX Runtime
-    refuses two nodes of one name, and sources may have unnamed or clashing nodes)."""
-    taken = graph.__dict__.get("_bertrt_taken")
+def unique_name(graph: gs.Graph, base: str, tensor: bool = False) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : a name no other node (or, with ``tensor``, no other tensor) of
+    the graph has. ONNX Runtime refuses two nodes of one name, and sources may have unnamed or clashing nodes."""
+    key = "_bertrt_taken_tensors" if tensor else "_bertrt_taken"
+    taken = graph.__dict__.get(key)
     if taken is None:
-        taken = {n.name for n in graph.nodes} | set(graph.tensors())
-        graph.__dict__["_bertrt_taken"] = taken
+        taken = set(graph.tensors()) if tensor else {n.name for n in graph.nodes}
+        graph.__dict__[key] = taken
     name, i = base, 0
     while name in taken:
         i += 1

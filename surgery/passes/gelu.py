@@ -92,10 +92,10 @@ class GeluPass(FusionPass):
 
     def rewrite(self, graph, ctx, m: Match) -> list:
         (x,), (y,) = m.inputs, m.outputs
-        name = unique_name(graph, f"{y.name}/Gelu")
-        out = gs.Variable(name, dtype=y.dtype or np.float32, shape=y.shape)
+        out = gs.Variable(unique_name(graph, f"{y.name}/Gelu", tensor=True), dtype=y.dtype or np.float32, shape=y.shape)
         attrs = {"approximate": "tanh"} if m.data == "tanh" else {}
-        graph.nodes.append(gs.Node(op="Gelu", name=name, attrs=attrs, inputs=[x], outputs=[out]))
+        graph.nodes.append(gs.Node(op="Gelu", name=unique_name(graph, f"{y.name}/Gelu"), attrs=attrs, inputs=[x],
+                                   outputs=[out]))
         replace_uses(graph, y, out)
         ctx.alias([out], [y])
         return [out]
@@ -119,7 +119,7 @@ def upgrade_to_18(graph: gs.Graph) -> int:
             continue
         if node.op in REDUCE_18 and "axes" in node.attrs:
             axes = np.asarray(node.attrs.pop("axes"), np.int64)
-            node.inputs.append(gs.Constant(unique_name(graph, f"{node.name or node.op}/axes"), axes))
+            node.inputs.append(gs.Constant(unique_name(graph, f"{node.name or node.op}/axes", tensor=True), axes))
             n += 1
         elif node.op == "Split" and (len(node.inputs) < 2 or not node.inputs[1].name):
             node.attrs["num_outputs"] = len(node.outputs)

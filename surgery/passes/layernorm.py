@@ -92,12 +92,12 @@ class LayerNormPass(FusionPass):
 
     def rewrite(self, graph, ctx, m: Match) -> list:
         (x,), (y,), (gamma, beta, eps) = m.inputs, m.outputs, m.data
-        name = unique_name(graph, f"{y.name}/LayerNormalization")
-        out = gs.Variable(name, dtype=np.float32, shape=y.shape)
+        name = f"{y.name}/LayerNormalization"
+        out = gs.Variable(unique_name(graph, name, tensor=True), dtype=np.float32, shape=y.shape)
         graph.nodes.append(gs.Node(
-            op="LayerNormalization", name=name, attrs={"axis": -1, "epsilon": eps},
-            inputs=[x, gs.Constant(unique_name(graph, f"{y.name}/ln_gamma"), gamma),
-                    gs.Constant(unique_name(graph, f"{y.name}/ln_beta"), beta)],
+            op="LayerNormalization", name=unique_name(graph, name), attrs={"axis": -1, "epsilon": eps},
+            inputs=[x, gs.Constant(unique_name(graph, f"{y.name}/ln_gamma", tensor=True), gamma),
+                    gs.Constant(unique_name(graph, f"{y.name}/ln_beta", tensor=True), beta)],
             outputs=[out]))
         replace_uses(graph, y, out)
         ctx.alias([out], [y])

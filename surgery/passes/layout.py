@@ -102,7 +102,7 @@ class LayoutPass(Pass):
         for i, o in enumerate(list(graph.outputs)):
             if id(o) in sb and rank(o) == 2 + sb[id(o)][2]:  # batch and sequence axes kept apart
                 _, s, trailing = sb[id(o)]
-                t = gs.Variable(unique_name(graph, f"{o.name}/from_sb"), dtype=o.dtype, shape=o.shape)
+                t = gs.Variable(unique_name(graph, f"{o.name}/from_sb", tensor=True), dtype=o.dtype, shape=o.shape)
                 graph.nodes.append(gs.Node(op="Transpose", name=unique_name(graph, f"output_{i}/Transpose"),
                                            attrs={"perm": [1, 0] + list(range(2, 2 + trailing))}, inputs=[s], outputs=[t]))
                 replace_uses(graph, o, t)
@@ -177,12 +177,12 @@ class LayoutPass(Pass):
             room = trailing if op == "Squeeze" else trailing + 1
             if not -room <= axis <= -1:
                 return None
-            inputs = [mapped(first), gs.Constant(unique_name(graph, f"{node.name or op}/sb_axes"),
+            inputs = [mapped(first), gs.Constant(unique_name(graph, f"{node.name or op}/sb_axes", tensor=True),
                                                  np.array([axis], np.int64))]
             out_trailing = trailing - 1 if op == "Squeeze" else trailing + 1
         else:
             return None
-        outs = [gs.Variable(unique_name(graph, f"{o.name}/sb"), dtype=o.dtype) for o in node.outputs]
+        outs = [gs.Variable(unique_name(graph, f"{o.name}/sb", tensor=True), dtype=o.dtype) for o in node.outputs]
         graph.nodes.append(gs.Node(op=op, name=unique_name(graph, f"{node.name or op}/sb"), attrs=attrs,
                                    inputs=inputs, outputs=outs, domain=node.domain))
         return [(o, n, out_trailing) for o, n in zip(node.outputs, outs)]

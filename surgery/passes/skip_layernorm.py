@@ -59,19 +59,20 @@ class SkipLayerNormPass(FusionPass):
             raise NoMatch("its input is not the sum of two computed tensors (no residual Add)")
         a, b = add.inputs
         y = ln.outputs[0]
-        E = last_dim(y) or last_dim(a) or last_dim(b)
-        if E is None:
-            raise NoMatch("the hidden size of the residual inputs is unknown")
+        gamma = const_value(ln.inputs[1])
+        beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 else None
+        if gamma is None or (beta is None and len(ln.inputs) > 2):
+            raise NoMatch("its scale or bias is not constant")
+        E = gamma.size  # the hidden size, also where shape inference left the dims unknown
+        beta = np.zeros(E, np.float32) if beta is None else beta
         r = adapters.model_rank(graph, y, ctx)
         if adapters.model_rank(graph, a, ctx) != r or adapters.model_rank(graph, b, ctx) != r:
             raise NoMatch("the residual inputs' ranks differ")
+        if last_dim(y) not in (None, E):
+            raise NoMatch(f"its scale has {E} values for a hidden size of {last_dim(y)}")
         axis = ln.attrs.get("axis", -1)
         if axis not in (-1, r - 1):
             raise NoMatch(f"it normalises axis {axis}, not the hidden axis")
-        gamma = const_value(ln.inputs[1])
-        beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 else np.zeros(E, np.float32)
-        if gamma is None or beta is None:
-            raise NoMatch("its scale or bias is not constant")
         bias = None
         if ctx.target.get("skip_layernorm_bias", True):
             a, bias = _split_bias(a, E)
