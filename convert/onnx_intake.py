@@ -339,7 +339,7 @@ def _fix_seq(graph: gs.Graph, found: dict, seq: int, src: Path) -> int:
     fixed = {t.shape[1] for t in found.values() if t is not None and isinstance(t.shape[1], int)}
     if fixed and fixed != {seq}:
         raise BertrtError(f"the sequence axis is already fixed at {fixed.pop()}; it cannot become {seq}", src)
-    rows = _position_rows(graph, found)
+    rows = position_rows(graph, [t for t in found.values() if t is not None])
     if rows is not None and seq > rows:
         raise BertrtError(f"sequence length {seq} is longer than the position table ({rows} rows)", src)
     for t in found.values():
@@ -348,10 +348,11 @@ def _fix_seq(graph: gs.Graph, found: dict, seq: int, src: Path) -> int:
     return seq
 
 
-def _position_rows(graph: gs.Graph, found: dict) -> int | None:
+def position_rows(graph: gs.Graph, inputs: list | None = None) -> int | None:
     """Rows of the position-embedding table: the 2-D constant table read (by a Gather or a Slice) at
-    indices that depend on no input's values (positions come from the shape alone), or None if none is."""
-    inputs = [t for t in found.values() if t is not None]
+    indices that depend on no value of ``inputs`` [default: the graph's] (positions come from the shape
+    alone), or None if there is none (a table already sliced to a fixed length)."""
+    inputs = list(graph.inputs) if inputs is None else inputs
     rows = [int(_table_rows(n.inputs[0])) for n in graph.nodes
             if n.op in ("Gather", "Slice") and len(n.inputs) > 1 and _table_rows(n.inputs[0]) is not None
             and not any(_reads_values(i, inputs) for i in n.inputs[1:])]

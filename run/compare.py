@@ -227,8 +227,14 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
-        results = Comparator.run([ra, rb], data_loader=feeds)
+        try:
+            results = Comparator.run([ra, rb], data_loader=feeds)
+        except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
+            raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
+                              path_a) from None
         acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
     per_iter = next(iter(acc[0].values()))
     diffs = []
@@ -334,10 +340,28 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
                                (kp, kk), len(feeds))
 
 
+def default_seq(model: onnx.ModelProto) -> int:
+    """DEFAULT_SEQ, or fewer where the position table has fewer rows (positions past it do not exist)."""
+    import onnx_graphsurgeon as gs
+
+    from bertrt.convert.onnx_intake import position_rows
+
+    for n in model.graph.node:
+        if n.op_type == EMB_LAYER_NORM:
+            attrs = {a.name: a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
+            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
+            if pos is not None and beta is not None:
+                return min(DEFAULT_SEQ, int(np.prod(pos.dims)) // max(1, int(np.prod(beta.dims))))
+    rows = position_rows(gs.import_onnx(model))
+    return DEFAULT_SEQ if rows is None else min(DEFAULT_SEQ, rows)
+
+
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:
     """Random valid feeds for ``model``, or the given ones (a list or a Polygraphy JSON) checked against both models."""
     if inputs is None:
         vocab = vocab_size(model) or vocab_size(vocab_from if vocab_from is not None else other)
+        if seq is None and any(len(dims) == 2 and not dims[1] for _, _, dims in _input_specs(model)):
+            seq = min(default_seq(model), default_seq(vocab_from if vocab_from is not None else other))
         return random_inputs(model, batch, seq, seed, iterations, vocab=vocab, path=path)
     source = inputs if isinstance(inputs, (str, os.PathLike)) else None
     feeds = load_inputs(inputs) if source is not None else list(inputs)

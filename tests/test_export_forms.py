@@ -265,3 +265,16 @@ def test_every_hf_export_packs_for_varseqlen(forms, name, tmp_path):
     B, S = FIXED.get(name, (4, 40))
     cmp = compare_packed(path, packed, batch=B, seq=None if name in FIXED else S)
     assert cmp.passed and len(cmp.sequences) == B, cmp.table()
+
+
+def test_compare_stays_inside_the_position_table(forms, tmp_path):
+    """hf_qa_eager has 64 positions: compare's default length (128) would read past them; it takes 64, and a
+    length the model cannot run is one line, not an ONNX Runtime traceback."""
+    path, _ = forms["hf_qa_eager"]
+    fused = tmp_path / "fused.onnx"
+    pipeline.run(onnx.load(path)).save(fused)
+    r = CliRunner().invoke(cli, ["compare", str(path), str(fused)])
+    assert r.exit_code == 0 and "PASS" in r.output, r.output
+    r = CliRunner().invoke(cli, ["compare", str(path), str(fused), "--seq", "100"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"Error: {path}: ONNX Runtime cannot run the graphs")
