@@ -47,6 +47,18 @@ def check_source(model: onnx.ModelProto, src: Path) -> None:
         raise BertrtError(f"not a valid ONNX model: {_first_line(e)}", src)
 
 
+def check_inference_mode(model: onnx.ModelProto, src: Path) -> None:
+    """A model exported in training mode drops values at random (Dropout with training_mode set): refuse it."""
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    consts.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    training = [n for n in g.node if n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] in consts
+                and bool(np.asarray(onnx.numpy_helper.to_array(consts[n.input[2]])).any())]
+    if training:
+        raise BertrtError(f"exported in training mode: {len(training)} Dropout node(s) drop values at random "
+                          f"({training[0].name or training[0].output[0]}); export the model after model.eval()", src)
+
+
 def probe_shape(model: onnx.ModelProto, seq: int | None = None) -> tuple[int, int]:
     """(batch, seq) to run a canonical model at: its own fixed dims, else 2 and ``seq`` or PROBE_SEQ."""
     dims = [d.dim_value if d.HasField("dim_value") else None

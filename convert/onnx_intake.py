@@ -4,7 +4,7 @@ The canonical model has inputs ``input_ids``, ``segment_ids``, ``input_mask`` (i
 and output ``logits`` (float32 [batch, seq, 2]) or, for an encoder without a QA head,
 ``hidden_states`` ([batch, seq, hidden]), at opset 17 or above. The steps:
 
-1. the source must pass onnx.checker (one line naming the problem otherwise);
+1. the source must pass onnx.checker and be exported for inference (one line naming the problem otherwise);
 2. opsets below 17 are raised to 17 by onnx.version_converter, and the Softmax wrapper it leaves is
    unwrapped where it is a plain last-axis Softmax (convert/onnx_upgrade.py); every node gets a unique name;
 3. the edges change: inputs are renamed and, where the model consumes another dtype, a Cast from int32
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from bertrt.convert.onnx_check import check_source, run_once, source_output_shapes
+from bertrt.convert.onnx_check import check_inference_mode, check_source, run_once, source_output_shapes
 from bertrt.convert.onnx_upgrade import default_opset, name_nodes, unwrap_softmax, upgrade
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
@@ -63,6 +63,7 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, start_logits
     pick = _output_choice(start_logits, end_logits, logits, src)
     model = load_model(src)
     check_source(model, src)
+    check_inference_mode(model, src)
     nodes_before = len(model.graph.node)
     qdq_before = _count_qdq(model)
     model, opset_before = upgrade(model, src)

@@ -278,3 +278,20 @@ def test_compare_stays_inside_the_position_table(forms, tmp_path):
     r = CliRunner().invoke(cli, ["compare", str(path), str(fused), "--seq", "100"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1].startswith(f"Error: {path}: ONNX Runtime cannot run the graphs")
+
+
+def test_a_model_exported_in_training_mode_is_refused(tmp_path):
+    """Dropout with training_mode set (torch.export of a module left in train()) drops values at random."""
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
+             helper.make_node("Dropout", ["emb", "ratio", "training"], ["last_hidden_state"], name="dropout_0")]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "ratio"),
+             numpy_helper.from_array(np.array(True), "training")]
+    out = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 4])]
+    src = tmp_path / "train.onnx"
+    onnx.save(_toy(nodes, out, extra_inits=inits), src)
+    with pytest.raises(BertrtError, match=r"exported in training mode: 1 Dropout node\(s\) drop values at random "
+                                          r"\(dropout_0\); export the model after model.eval\(\)"):
+        convert_onnx(src, tmp_path / "out.onnx")
+    inits[1] = numpy_helper.from_array(np.array(False), "training")
+    onnx.save(_toy(nodes, out, extra_inits=inits), src)
+    assert convert_onnx(src, tmp_path / "out.onnx")["output"] == "hidden_states"  # inference mode: a no-op
