@@ -167,8 +167,8 @@ def removal_problem(graph: gs.Graph, inputs: list[gs.Tensor], nodes: list[gs.Nod
         if not needed:
             gone.add(id(n))
     on_path = {id(n) for n in nodes}
-    if all(id(n) in gone for n in nodes):
-        return None
+    # A node that stays is needed by a graph output or a consumer that stays; following the consumers on the
+    # path that stay ends at one whose consumer is off the path: that is the use to name.
     for n in nodes:
         if id(n) in gone:
             continue
@@ -181,8 +181,7 @@ def removal_problem(graph: gs.Graph, inputs: list[gs.Tensor], nodes: list[gs.Nod
             if user is not None:
                 return (f"{o.name} (from {n.op} {n.name}) is used elsewhere too, by {user.op} {user.name}: fusing "
                         f"would leave the original nodes running")
-    kept = next(n for n in nodes if id(n) not in gone)  # kept only by another kept node: name the first
-    return f"{kept.op} {kept.name} would keep running beside the fusion"
+    return None
 
 
 def unique_name(graph: gs.Graph, base: str, tensor: bool = False) -> str:

@@ -15,7 +15,8 @@ from bertrt.convert.tf_convert import random_feeds
 from bertrt.plugins.runner import ReferenceRunner
 from bertrt.run.compare import compare_models
 from bertrt.surgery import adapters, pipeline
-from bertrt.surgery.framework import Context, NoMatch
+from bertrt.surgery.framework import Context, FusionPass, Match, NoMatch
+from bertrt.surgery.graph_utils import replace_uses
 from bertrt.surgery.passes.pack_varseqlen import _per_token_problem
 
 
@@ -208,3 +209,82 @@ def test_packing_keeps_ops_on_the_trailing_axes(op, attrs, axes):
     producer = gs.Node("Identity", inputs=[gs.Variable("x", np.float32)], outputs=[gs.Variable("h", np.float32)])
     inputs = [producer.outputs[0]] + ([gs.Constant("axes", np.array(axes, np.int64))] if axes else [])
     assert _per_token_problem(_node(op, inputs, attrs), {id(producer)}) is None
+
+
+# --- the base's candidate loop, on a toy pass -----------------------------------------------------------
+
+class ToyPass(FusionPass):
+    """Fuses Relu -> Neg into one Neg(Relu) stand-in; the anchors and matches are chosen by the test."""
+
+    name, what, reference = "toy", "toy nodes", "the toy reference"
+
+    def __init__(self, plan):
+        self.plan = plan  # anchor name -> (inputs, outputs, error) or None
+
+    def candidates(self, graph, ctx, report):
+        return [(f"anchor {n.name}", n) for n in graph.nodes if n.name in self.plan]
+
+    def match(self, graph, ctx, anchor):
+        planned = self.plan[anchor.name]
+        if planned is None:
+            return None
+        ins, outs, err = planned
+        return Match([graph.tensors()[t] for t in ins], [graph.tensors()[t] for t in outs], err)
+
+    def verify(self, graph, ctx, m):
+        return m.data
+
+    def rewrite(self, graph, ctx, m):
+        out = gs.Variable(f"{m.outputs[0].name}/fused", np.float32)
+        graph.nodes.append(gs.Node("Neg", name=f"{m.outputs[0].name}/fused", inputs=list(m.inputs), outputs=[out]))
+        replace_uses(graph, m.outputs[0], out)
+        return [out]
+
+
+def _toy_graph():
+    x = gs.Variable("x", np.float32, [4])
+    t = {n: gs.Variable(n, np.float32, [4]) for n in ("r", "y", "a", "z")}
+    nodes = [gs.Node("Relu", name="relu", inputs=[x], outputs=[t["r"]]),
+             gs.Node("Neg", name="neg", inputs=[t["r"]], outputs=[t["y"]]),
+             gs.Node("Abs", name="abs", inputs=[x], outputs=[t["a"]]),
+             gs.Node("Sigmoid", name="sigmoid", inputs=[t["a"]], outputs=[t["z"]])]
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[t["y"], t["z"]], opset=17)
+
+
+def test_the_base_loop_checks_every_candidate_then_rewrites():
+    plan = {"relu": (["x"], ["y"], 0.0),         # Relu -> Neg: accepted
+            "neg": (["x"], ["y"], 0.0),          # inside the accepted candidate: skipped, no miss
+            "abs": (["x"], ["y"], 0.0),          # the same nodes again from another anchor: overlap
+            "sigmoid": (["a"], ["z"], 1.0)}      # differs from the reference
+    graph = _toy_graph()
+    report = ToyPass(plan)(graph, Context(target={}))
+    assert report.rewrites == 1
+    assert [(m.where, m.reason) for m in report.misses] == [
+        ("anchor abs", "its nodes overlap a toy candidate already taken"),
+        ("anchor sigmoid", "the toy nodes differ from the toy reference by 1 (relative) on random inputs")]
+    assert sorted(n.op for n in graph.nodes) == ["Abs", "Neg", "Sigmoid"]  # Relu -> Neg gone, one Neg stands in
+
+
+def test_a_candidate_that_is_not_one_is_no_miss():
+    graph = _toy_graph()
+    report = ToyPass({"relu": None})(graph, Context(target={}))
+    assert report.rewrites == 0 and report.misses == []
+
+
+def test_a_layernorm_scale_that_is_not_per_channel(canonical_fixtures):
+    """A scalar scale broadcasts in LayerNormalization; SkipLayerNorm takes one value per channel."""
+    model = onnx.load(canonical_fixtures["torch_legacy_bert"])
+    ln = [n for n in model.graph.node if n.op_type == "LayerNormalization"][1]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1.5], np.float32), "scalar_gamma"))
+    ln.input[1] = "scalar_gamma"
+    result = pipeline.run(model)
+    assert "its scale has 1 values for a hidden size of 128" in _misses(result, "skip_layernorm")
+
+
+def test_an_embedding_layernorm_scale_that_is_computed(canonical_fixtures):
+    model = onnx.load(canonical_fixtures["torch_legacy_bert"])
+    ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    model.graph.input.append(helper.make_tensor_value_info("gamma_in", onnx.TensorProto.FLOAT, [128]))
+    ln.input[1] = "gamma_in"
+    result = pipeline.run(model)
+    assert "its scale is not constant" in _misses(result, "embeddings")
