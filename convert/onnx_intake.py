@@ -102,17 +102,13 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, start_logits
 
 
 def _save_checked(model: onnx.ModelProto, dst: Path, src: Path, seq: int | None) -> None:
-    """Run the model once on ONNX Runtime, then write it; nothing is written if it cannot run."""
-    if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-        run_once(model, src, seq)
-        save_model(model, dst)
-        return
-    # Too large to hand ONNX Runtime as bytes: saved beside dst first, run from there, then moved in place.
+    """Write the model beside dst, run it once from there on ONNX Runtime (no in-memory copy of the weights),
+    then move it in place; nothing is written if it cannot run."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", suffix=".check", dir=dst.parent) as tmp:
         staged = save_model(model, Path(tmp) / dst.name)
         run_once(model, src, seq, path=staged)
-        for f in Path(tmp).iterdir():
+        for f in sorted(Path(tmp).iterdir()):
             os.replace(f, dst.parent / f.name)
 
 
