@@ -317,6 +317,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     rtol = TOLERANCES[precision][1] if rtol is None else rtol
     feeds = _feeds(inputs, mp, mp, batch, seq, seed, iterations, path_p, vocab_from=mk)
     max_len = model_max_length(mk)
+    out_name = mp.graph.output[0].name  # logits, or an encoder's hidden_states
+    if out_name not in [o.name for o in mk.graph.output]:
+        raise BertrtError(f"has no output {out_name} (the padded model's)", path_k)
     from polygraphy.logger import G_LOGGER
 
     rp, kp = _runner(mp, "padded", amax)
@@ -325,8 +328,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), rp, rk:  # the table is the report
         for feed in feeds:
             mask = feed["input_mask"]
-            want = np.asarray(rp.infer(feed)["logits"], dtype=np.float32)
-            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))["logits"], mask)
+            want = np.asarray(rp.infer(feed)[out_name], dtype=np.float32)
+            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))[out_name], mask,
+                                   per_token=want.shape[-1])
             count = TokenCount.of(mask)
             tokens = count if tokens is None else tokens + count
             for b, n in enumerate(mask.astype(bool).sum(axis=1)):

@@ -288,3 +288,33 @@ def test_an_embedding_layernorm_scale_that_is_computed(canonical_fixtures):
     ln.input[1] = "gamma_in"
     result = pipeline.run(model)
     assert "its scale is not constant" in _misses(result, "embeddings")
+
+
+def test_a_layernorm_after_the_encoder_is_a_head_not_a_partial_fusion(canonical_fixtures, tmp_path):
+    """An MLM head normalises the encoder's output again (its transform): that LayerNorm is no residual and
+    not part of the encoder. It stays, sequence-major and per token, and the encoder counts as complete."""
+    from bertrt.run.compare import compare_packed
+
+    model = onnx.load(canonical_fixtures["hf_qa_eager"])
+    head = next(n for n in model.graph.node if n.op_type == "MatMul" and any(
+        i.name == n.input[1] and list(i.dims) == [128, 2] for i in model.graph.initializer))
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([numpy_helper.from_array((1 + 0.1 * rng.standard_normal(128)).astype(np.float32),
+                                                            "head_gamma"),
+                                    numpy_helper.from_array((0.1 * rng.standard_normal(128)).astype(np.float32),
+                                                            "head_beta")])
+    at = list(model.graph.node).index(head)
+    model.graph.node.insert(at, helper.make_node("LayerNormalization", [head.input[0], "head_gamma", "head_beta"],
+                                                 ["head_normed"], name="head_ln", axis=-1, epsilon=1e-12))
+    head.input[0] = "head_normed"
+    onnx.checker.check_model(model)
+    src = tmp_path / "mlm_like.onnx"
+    onnx.save(model, src)
+    result = pipeline.run(onnx.load(src))
+    assert result.complete and result.leftover == {}, pipeline.report_table(result)
+    assert sum(n.op == "LayerNormalization" for n in result.graph.nodes) == 1
+    result.save(tmp_path / "fused.onnx")
+    assert compare_models(src, tmp_path / "fused.onnx", batch=2, seq=24).passed
+    packed = pipeline.run(onnx.load(src), varseqlen=True)
+    packed.save(tmp_path / "packed.onnx")
+    assert compare_packed(src, tmp_path / "packed.onnx", batch=3, seq=24).passed

@@ -2,7 +2,7 @@
 
 Each fused plugin sits between a to_sb adapter ([B,S,E] or [B*S,E] -> [S,B,E]) and a from_sb adapter
 (back). Between two plugins there are only ops that act on the hidden axis alone (the dense GEMMs,
-their biases, GELU, casts, Q/DQ): they work on [S,B,E] just as on [B,S,E]. This pass follows each
+their biases, GELU, casts, Q/DQ, a LayerNorm over the hidden axis): they work on [S,B,E] just as on [B,S,E]. This pass follows each
 from_sb output through such ops, makes sequence-major twins of them, and connects the twins straight to
 the next plugin's input, dropping the to_sb adapter there. A graph output reached this way (the QA head's
 logits) gets a single Transpose back to [B,S,...] at the very end.
@@ -138,6 +138,12 @@ class LayoutPass(Pass):
             weight_ok = (w is not None and w.ndim == 2) or (wq is not None and wq.op == "DequantizeLinear")
             if node.inputs[0] is not first or trailing != 1 or not weight_ok:
                 return None
+            inputs[0] = mapped(first)
+        elif op == "LayerNormalization":  # over the hidden axis alone (an MLM head's transform): per token
+            if node.inputs[0] is not first or trailing != 1 or _neg_axis(attrs.get("axis", -1), r) != -1 or \
+                    any(const_value(t) is None for t in node.inputs[1:] if t.name):
+                return None
+            attrs["axis"] = -1
             inputs[0] = mapped(first)
         elif op in UNARY or op in QDQ:
             if node.inputs[0] is not first:

@@ -30,7 +30,7 @@ FIXED_VERSIONS = {EMB_LAYER_NORM: ("1", "6"), QKV_TO_CONTEXT: ("1", "2", "4", "5
 # Ops that act on each token alone when their axes are the trailing (hidden or logits) ones: on a packed
 # [T, C, ...] tensor they work as on [S, B, C, ...]. The layout pass writes those axes negative.
 AXIS_OPS = {"Split", "Concat", "Squeeze", "Unsqueeze"}
-PER_TOKEN = UNARY | BINARY | QDQ | AXIS_OPS | {"MatMul", "Reshape", "Transpose"}
+PER_TOKEN = UNARY | BINARY | QDQ | AXIS_OPS | {"MatMul", "Reshape", "Transpose", "LayerNormalization"}
 
 
 def _version(node: gs.Node) -> str:
@@ -229,6 +229,8 @@ def _per_token_problem(n: gs.Node, in_region: set) -> str | None:
         perm = list(n.attrs.get("perm", []))
         if perm[:2] not in ([1, 0], [0, 1]) or sorted(perm[2:]) != list(range(2, len(perm))):
             return f"transpose {perm} mixes the batch and sequence axes with the others"
+    elif n.op == "LayerNormalization" and n.attrs.get("axis", -1) != -1:
+        return f"LayerNormalization over axis {n.attrs['axis']}: only the last (hidden) axis is per token"
     elif n.op in AXIS_OPS:
         axes = _axes(n)
         if axes is None or any(a >= 0 for a in axes):
