@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertrt.contract import INPUT_MASK
 from bertrt.errors import BertrtError
 from bertrt.sanitize import SHAPE_VALUE_ELEMENTS
 
@@ -72,7 +73,7 @@ def run_once(model: onnx.ModelProto, src: Path, seq: int | None = None, path: Pa
     import onnxruntime as ort
 
     B, S = probe_shape(model, seq)
-    feeds = {i.name: (np.ones if i.name == "input_mask" else np.zeros)((B, S), np.int32) for i in model.graph.input}
+    feeds = {i.name: (np.ones if i.name == INPUT_MASK else np.zeros)((B, S), np.int32) for i in model.graph.input}
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

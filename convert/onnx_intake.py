@@ -28,13 +28,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS as INPUTS
 from bertrt.convert.onnx_check import check_inference_mode, check_source, run_once, source_output_shapes
 from bertrt.convert.onnx_upgrade import default_opset, name_nodes, unwrap_softmax, upgrade
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
 from bertrt.sanitize import QDQ_OPS, import_with_shapes, sanitize
 
-INPUTS = ("input_ids", "segment_ids", "input_mask")
 # Names exporters and model hubs give the three inputs (compared lower-case, without a ':0' suffix).
 INPUT_ALIASES = {
     "input_ids": {"input_ids", "input_word_ids", "word_ids", "token_ids", "ids", "tokens"},
@@ -264,8 +264,8 @@ def _match_outputs(graph: gs.Graph, src: Path, pick: dict | None = None) -> dict
         return {"kind": "hidden_states", "tensors": hidden, "drop": pooled}
     got = ", ".join(f"{t.name} {_shape_text(t.shape)}" for t in outs)
     raise BertrtError(f"outputs fit no contract ({got}); expected logits [batch, seq, 2], start and end "
-                      f"logits [batch, seq] each, or hidden states [batch, seq, hidden]; name the ones to take "
-                      f"with --logits, or --start-logits and --end-logits", src)
+                      f"logits [batch, seq] each, or hidden states [batch, seq, hidden]", src,
+                      hint="name the output to take as the logits, or the two to take as the start and end logits")
 
 
 def _picked_outputs(outs: list, pick: dict, src: Path) -> dict:

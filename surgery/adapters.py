@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import INPUT_MASK
 from bertrt.errors import BertrtError
 from bertrt.surgery.graph_utils import graph_input, rank, replace_uses
 
@@ -98,7 +99,7 @@ def model_rank(graph: gs.Graph, t: gs.Tensor, ctx) -> int:
     r = rank(t)
     if r is None:
         B, S = ctx.proof_shape(seq=8)
-        feeds = [(i, (np.ones if i.name == "input_mask" else np.zeros)((B, S), np.dtype(i.dtype or np.int32)))
+        feeds = [(i, (np.ones if i.name == INPUT_MASK else np.zeros)((B, S), np.dtype(i.dtype or np.int32)))
                  for i in graph.inputs]
         try:
             (value,) = evaluate(graph, [t], feeds)

@@ -14,15 +14,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS, MASK_IDX
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import EMB_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
 from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
 from bertrt.surgery.graph_utils import const_value, graph_input, producer, replace_uses, trace_back
 from bertrt.surgery.passes.attention import proof_lengths
 from bertrt.surgery.region import evaluate, max_rel_err
 
-MASK_IDX = "bertrt_mask_idx"  # the [B, 1] mask index the attention pass makes before EmbLayerNorm exists
 
 
 def _leaves(t: gs.Tensor, out: list) -> None:
@@ -79,7 +80,7 @@ class EmbeddingsPass(FusionPass):
     reference = "EmbLayerNorm"
 
     def candidates(self, graph, ctx, report):
-        self._inputs = [graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask")]
+        self._inputs = [graph_input(graph, n) for n in CANONICAL_INPUTS]
         if any(t is None for t in self._inputs):
             report.miss("graph", "inputs input_ids, segment_ids and input_mask are needed (run `bertrt convert`)")
             return []
@@ -147,7 +148,7 @@ class EmbeddingsPass(FusionPass):
         out = gs.Variable(f"{prefix}/embeddings", dtype=np.float32)
         mask_idx = gs.Variable(f"{prefix}/mask_idx", dtype=np.int32)
         graph.nodes.append(make_plugin_node(
-            EMB_LAYER_NORM, ctx.plugin_version("emb_layernorm"), sb, [out, mask_idx], name=prefix,
+            get_spec(EMB_LAYER_NORM, ctx.plugin_version("emb_layernorm")), sb, [out, mask_idx], name=prefix,
             fields={"bert_embeddings_layernorm_beta": e.beta,
                     "bert_embeddings_layernorm_gamma": e.gamma,
                     "bert_embeddings_word_embeddings": e.tables["word"],

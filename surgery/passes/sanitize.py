@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS, INPUT_IDS, INPUT_MASK
 from bertrt.plugins.nodes import is_plugin_node
 from bertrt.sanitize import QDQ_OPS, remove_noops
 from bertrt.surgery.framework import Pass, register
@@ -41,14 +42,13 @@ def measure_shapes(graph: gs.Graph) -> int:
     missing = [t for t in graph.tensors().values()
                if isinstance(t, gs.Variable) and t.shape is None and t.inputs and t.name]
     inputs = {t.name: t for t in graph.inputs}
-    if not missing or any(is_plugin_node(n) for n in graph.nodes) or set(inputs) != {"input_ids", "segment_ids",
-                                                                                       "input_mask"}:
+    if not missing or any(is_plugin_node(n) for n in graph.nodes) or set(inputs) != set(CANONICAL_INPUTS):
         return 0
     runs = []
     for B, S in PROBES:
-        fixed = list(inputs["input_ids"].shape or [None, None])
+        fixed = list(inputs[INPUT_IDS].shape or [None, None])
         B, S = (fixed[0] if isinstance(fixed[0], int) else B), (fixed[1] if isinstance(fixed[1], int) else S)
-        feeds = [(t, (np.ones if name == "input_mask" else np.zeros)((B, S), np.dtype(t.dtype or np.int32)))
+        feeds = [(t, (np.ones if name == INPUT_MASK else np.zeros)((B, S), np.dtype(t.dtype or np.int32)))
                  for name, t in inputs.items()]
         try:
             runs.append(evaluate(graph, missing, feeds))

@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import SKIP_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
 from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
 from bertrt.surgery.graph_utils import const_value, is_const, last_dim, producer
@@ -103,13 +104,11 @@ class SkipLayerNormPass(FusionPass):
             t_sb = adapters.to_sb(graph, t, s.rank, E)
             ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
             ctx.alias([t_sb, ins[-1]], [t])
-        fields = {"type_id": 0}
-        if version in ("1", "5"):
-            fields["ld"] = E
+        fields = {"type_id": 0}  # ld, where the version has it, is implied by beta's length
         fields["beta"] = s.beta
         fields["gamma"] = s.gamma
         if s.bias is not None:
             fields["bias"] = s.bias
         out = gs.Variable(f"{prefix}/out", dtype=np.float32)
-        graph.nodes.append(make_plugin_node(SKIP_LAYER_NORM, version, ins, [out], fields, name=prefix))
+        graph.nodes.append(make_plugin_node(get_spec(SKIP_LAYER_NORM, version), ins, [out], fields, name=prefix))
         return [adapters.plugin_output(graph, ctx, out, E, prefix, m.outputs[0], s.rank)]
