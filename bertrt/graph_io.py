@@ -213,7 +213,7 @@ def _read_external(model, folder: Path, weights) -> None:
 def import_streaming(path) -> gs.Graph:
     """A graphsurgeon graph (with inferred shapes) of the model at path, its weights read one at a time."""
     from bertrt.errors import BertrtError
-    from bertrt.onnx_io import check_file
+    from bertrt.onnx_io import check_file, check_names
     from bertrt.sanitize import import_with_shapes
 
     path = check_file(path)
@@ -225,6 +225,7 @@ def import_streaming(path) -> gs.Graph:
         raise BertrtError(f"not a readable ONNX model (truncated or another format): {_why(e)}", path) from None
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    check_names(model, path)
     graph = import_with_shapes(model)
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and t.name in weights:

@@ -37,7 +37,27 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise BertrtError(f"external data file missing: {e.filename}", path)
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    check_names(model, path)
     return model
+
+
+def check_names(model: onnx.ModelProto, path=None) -> None:
+    """Every name in the graph must be UTF-8 text. Protobuf hands a damaged one back as bytes (or raises when it
+    is read), and everything downstream fails on it in its own way."""
+    g = model.graph
+
+    def names():
+        yield from (o.domain for o in model.opset_import)
+        yield from (vi.name for vi in (*g.input, *g.output, *g.value_info, *g.initializer))
+        for n in g.node:
+            yield from (n.name, n.op_type, n.domain, *n.input, *n.output, *(a.name for a in n.attribute))
+
+    try:
+        bad = next((name for name in names() if not isinstance(name, str)), None)
+    except UnicodeDecodeError as e:
+        bad = bytes(e.object)
+    if bad is not None:
+        raise BertrtError(f"not a readable ONNX model: the name {bad[:60]!r} is not UTF-8 text", path)
 
 
 def check_written(staged: str | os.PathLike, source: str | os.PathLike | None = None) -> None:

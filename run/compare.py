@@ -201,8 +201,12 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     from polygraphy.logger import G_LOGGER
 
     path_a = None if isinstance(a, onnx.ModelProto) else a
+    path_b = None if isinstance(b, onnx.ModelProto) else b
     ma = a if isinstance(a, onnx.ModelProto) else load_model(a)
     mb = b if isinstance(b, onnx.ModelProto) else load_model(b)
+    for m, p in ((ma, path_a), (mb, path_b)):
+        _check_runnable(m, p)
+        check_seq(m, seq, p)
     if is_packed(ma) or is_packed(mb):
         raise BertrtError("a packed (var-seqlen) model takes other inputs than a padded one: compare it with "
                           "compare_packed(padded, packed)", path_a if is_packed(ma) else None)
@@ -298,6 +302,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     path_k = None if isinstance(packed, onnx.ModelProto) else packed
     mp = padded if isinstance(padded, onnx.ModelProto) else load_model(padded)
     mk = packed if isinstance(packed, onnx.ModelProto) else load_model(packed)
+    _check_runnable(mp, path_p)
+    check_seq(mp, seq, path_p)
+    check_seq(mk, seq, path_k)
     if is_packed(mp):
         raise BertrtError("is a packed (var-seqlen) model; the reference side must take padded [batch, seq] inputs",
                           path_p)
@@ -340,18 +347,29 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
 
 def default_seq(model: onnx.ModelProto) -> int:
     """DEFAULT_SEQ, or fewer where the position table has fewer rows (positions past it do not exist)."""
-    import onnx_graphsurgeon as gs
+    from bertrt.run.packing import position_rows
 
-    from bertrt.convert.onnx_intake import position_rows
-
-    for n in model.graph.node:
-        if n.op_type == EMB_LAYER_NORM:
-            attrs = {a.name: a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
-            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
-            if pos is not None and beta is not None:
-                return min(DEFAULT_SEQ, int(np.prod(pos.dims)) // max(1, int(np.prod(beta.dims))))
-    rows = position_rows(gs.import_onnx(model))
+    rows = position_rows(model)
     return DEFAULT_SEQ if rows is None else min(DEFAULT_SEQ, rows)
+
+
+def check_seq(model: onnx.ModelProto, seq: int | None, path=None) -> None:
+    """A BertrtError if ``seq`` is longer than the model's position table (ONNX Runtime's error would name a
+    broadcast in an Add; the CPU reference would read past the table)."""
+    from bertrt.run.packing import position_rows
+
+    rows = position_rows(model) if seq is not None else None
+    if rows is not None and seq > rows:
+        raise BertrtError(f"seq {seq} is longer than the model's {rows} positions", path,
+                          hint=f"compare at {rows} tokens or fewer")
+
+
+def _check_runnable(model: onnx.ModelProto, path) -> None:
+    """A graph without plugin nodes must load into ONNX Runtime: its refusal names the file, not the pair."""
+    if path is not None and not has_plugin_nodes(model):
+        from bertrt.ort_check import check_loads
+
+        check_loads(path)
 
 
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:

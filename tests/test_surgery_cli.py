@@ -123,6 +123,13 @@ def test_sequence_beyond_positions(tiny_onnx, tmp_path):
     pos.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), pos.name))
     model = tmp_path / "m.onnx"
     onnx.save(m, model)
+    # The command refuses it before any pass runs: ONNX Runtime cannot run it (#14) ...
     r = _run("run", model, "-o", tmp_path / "out.onnx")
-    assert r.exit_code == 1
-    assert "the position table has 100 rows, fewer than the sequence length 128" in r.output
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert r.output.startswith(f"Error: {model}: ONNX Runtime cannot run it") and "100 by 128" in r.output
+    # ... and the embeddings pass, handed it anyway, says why it is no EmbLayerNorm.
+    from bertrt.surgery import pipeline
+
+    result = pipeline.run_file(model, target="trt10", precision="fp16")
+    misses = [m.reason for r in result.reports if r.name == "embeddings" for m in r.misses]
+    assert any("the position table has 100 rows, fewer than the sequence length 128" in m for m in misses), misses
