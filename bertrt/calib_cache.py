@@ -101,7 +101,8 @@ def write_cache(path: str | os.PathLike, amax: Mapping[str, float], trt_version:
     """Write a calibration cache atomically (through the canonical -> fused name map); returns its text."""
     mapped = apply_name_map(check_amax(amax, path), name_map, drop_unmapped=drop_unmapped)
     if not mapped:
-        raise BertrtError("no ranges to write (the name map dropped every tensor)", path)
+        why = "the name map dropped every tensor" if amax else "no tensor has a range"
+        raise BertrtError(f"no ranges to write ({why})", path)
     text = cache_text(mapped, trt_version, algorithm)
     write_text(path, text)
     return text

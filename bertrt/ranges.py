@@ -60,7 +60,8 @@ def write_ranges(path: str | os.PathLike, amax: Mapping[str, float], name_map: N
     """Write the ranges file atomically through the name map; returns what was written."""
     mapped = apply_name_map(check_amax(amax, path), name_map, drop_unmapped=drop_unmapped)
     if not mapped:
-        raise BertrtError("no ranges to write (the name map dropped every tensor)", path)
+        why = "the name map dropped every tensor" if amax else "no tensor has a range"
+        raise BertrtError(f"no ranges to write ({why})", path)
     write_text(path, ranges_text(mapped))
     return mapped
 
