@@ -10,7 +10,7 @@ against the plugin's numpy reference on random inputs before it is rewritten.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -23,6 +23,7 @@ from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import (
     const_value, depends_on, graph_input, is_const, last_dim, producer, rank, replace_uses, scalar, trace_back,
 )
+from bertrt.surgery.passes.dequantize import carry_scales
 from bertrt.surgery.region import RegionError, evaluate, max_rel_err
 
 MASK_IDX = "bertrt_mask_idx"     # [B, 1] int32 (QKV 1/4), replaced by EmbLayerNorm's output 1 later
@@ -42,6 +43,7 @@ class Projection:
     scale: float    # any constant scale applied to this side after the projection
     out: gs.Tensor  # x @ w + b as the graph computes it
     carriers: list  # out and its head-split reshapes/transposes: the same values, other shapes
+    weight: gs.Tensor | None = None  # the weight tensor w was read from
 
 
 @dataclass
@@ -54,6 +56,10 @@ class Candidate:
     heads: int
     ctx: gs.Tensor
     has_mask: bool
+
+    def with_weights(self, ws: list) -> "Candidate":
+        """The same candidate with other Q, K, V weights (fused_qkv on it moves data with the weight columns)."""
+        return replace(self, **{t: replace(getattr(self, t), w=w) for t, w in zip("qkv", ws)})
 
 
 def _projection(t: gs.Tensor, what: str) -> Projection:
@@ -81,13 +87,13 @@ def _projection(t: gs.Tensor, what: str) -> Projection:
             if w is None:
                 raise NoMatch(f"{what}: MatMul {mp.name} has no constant 2-D weight")
             return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale, p.outputs[0],
-                              [p.outputs[0]] + _unscaled(carriers, scale))
+                              [p.outputs[0]] + _unscaled(carriers, scale), mp.inputs[1])
         elif p.op == "MatMul":
             w = _weight(p.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {p.name} has no constant 2-D weight")
             return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0],
-                              [p.outputs[0]] + _unscaled(carriers, scale))
+                              [p.outputs[0]] + _unscaled(carriers, scale), p.inputs[1])
         else:
             raise NoMatch(f"{what} comes from {p.op} {p.name}, not a projection")
     raise NoMatch(f"{what}: too many reshapes before the projection")
@@ -330,7 +336,10 @@ class AttentionPass(Pass):
         prefix = adapters.fresh(graph, "attention")
         r = rank(c.q.x)
         x_sb = adapters.to_sb(graph, c.q.x, r, E)
-        mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, gs.Constant(f"{prefix}/qkv_weight", w)])
+        weight = gs.Constant(f"{prefix}/qkv_weight", w)
+        # A QAT model's per-channel weight scales move with their columns.
+        carry_scales(ctx, weight, [c.q.weight, c.k.weight, c.v.weight], lambda ws: fused_qkv(c.with_weights(ws))[0])
+        mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, weight])
         qkv = adapters.node(graph, "Add", f"{prefix}/qkv_Add", [mm, gs.Constant(f"{prefix}/qkv_bias", b)])
         qkv5 = adapters.to_5d(graph, qkv, 3 * E, prefix)
         route = mask_route(ctx, H)

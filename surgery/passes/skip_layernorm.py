@@ -61,6 +61,7 @@ class SkipLayerNormPass(Pass):
             if gamma is None or beta is None:
                 report.miss(where, "its scale or bias is not constant")
                 continue
+            summed = (a, b)
             bias = None
             if fold_bias:
                 a, bias = _split_bias(a, E)
@@ -68,10 +69,11 @@ class SkipLayerNormPass(Pass):
                     b, bias = _split_bias(b, E)
             prefix = adapters.fresh(graph, "skip_layernorm")
             ins = []
-            for i, t in enumerate((a, b)):
+            for i, (t, t0) in enumerate(zip((a, b), summed)):
                 t_sb = adapters.to_sb(graph, t, r, E)
                 ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
-                ctx.alias([t_sb, ins[-1]], [t])
+                # A bias folded in: a QAT model's scale on the biased sum goes to the GEMM output (NVIDIA's QAT BERT).
+                ctx.alias([t_sb, ins[-1]], [t, t0] if t is not t0 and t0.name in ctx.qat_scales else [t])
             fields = {"type_id": 0}
             if version in ("1", "5"):
                 fields["ld"] = E
