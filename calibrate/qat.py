@@ -1,7 +1,9 @@
 """Ranges of a quantization-aware (Q/DQ) model from its own scales: amax = scale x 127.
 
 Every QuantizeLinear on an activation (its input is not a constant) gives the range of the tensor it
-quantizes, so a QAT graph's ranges file and TensorRT calibration cache need no recalibration. TensorRT's
+quantizes, so a QAT graph's ranges file and TensorRT calibration cache need no recalibration: every GEMM
+input, and where the model quantizes them the attention's q, k, v and probabilities and the residual-add
+inputs. A tensor several QuantizeLinear nodes read (PyTorch's Q, K and V inputs) keeps the largest. TensorRT's
 ranges are symmetric; a non-zero zero point (asymmetric quantization, e.g. onnxruntime's uint8/int8
 activations) is reported, since scale x 127 then covers a range shifted from the one the graph uses.
 """
@@ -25,13 +27,16 @@ class QatRanges:
     notes: list[str] = field(default_factory=list)
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers, Constant nodes, and Identity copies of them (PyTorch shares equal scales that way)."""
     values = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
+    for node in model.graph.node:  # in graph order, so a copy comes after what it copies
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     values[node.output[0]] = a.t
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 
