@@ -70,3 +70,29 @@ def qat_ranges(model: onnx.ModelProto, path="<model>") -> QatRanges:
         notes.append(f"{asymmetric} of {len(amax)} activations have a non-zero zero point (asymmetric); "
                      f"the symmetric ranges scale x 127 differ from them by the zero-point shift")
     return QatRanges(amax=amax, notes=notes)
+
+
+def quantized_gemm_outputs(model: onnx.ModelProto) -> set[str]:
+    """The outputs of the GEMMs a Q/DQ model quantizes (both inputs through a DequantizeLinear, a Transpose of
+    the weight allowed): each MatMul/Gemm output and the bias Add after it. A model that quantizes only GEMM
+    inputs has no scale for them, and TensorRT 10 runs a GEMM in INT8 only if its output has a range."""
+    consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def dequantized(t: str) -> bool:
+        p = producer.get(t)
+        while p is not None and p.op_type == "Transpose":
+            p = producer.get(p.input[0])
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    out = set()
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and all(dequantized(t) for t in n.input[:2]):
+            out.add(n.output[0])
+            out |= {c.output[0] for c in consumers.get(n.output[0], [])
+                    if c.op_type == "Add" and any(t in consts for t in c.input)}
+    return out

@@ -51,7 +51,8 @@ def _targets():
               help="Which plugin versions and precision style (configs/targets).")
 @click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="int8: trt10 targets run QKVToContext/SkipLayerNorm in INT8 where the plugins allow it (ranges "
-                   "from `bertrt calibrate`); trt11 gets the FP16 graph that `bertrt calibrate qdq` quantizes.")
+                   "from `bertrt calibrate`); trt11 gets the FP16 graph that `bertrt calibrate qdq` quantizes (a QAT "
+                   "model's weights already on their own int8 grid).")
 @click.option("--passes", default=None, help="Comma-separated pass names instead of the target's list.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")

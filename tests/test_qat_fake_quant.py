@@ -211,3 +211,29 @@ def test_real_qat_model_fuses_completely_and_keeps_its_scales(real_qat, target):
         _run("calibrate", "qdq", fused, "--ranges", ranges, "-o", qdq)
         want = qat_weight_columns(onnx.load(src))
         assert len(want) == 6 * (3 * 384 + 384 + 1536 + 384) and graph_weight_columns(onnx.load(qdq)) == want
+
+
+def test_fill_gives_trt10_the_outputs_of_the_quantized_gemms(canonical, tmp_path):
+    """A model quantizing only GEMM inputs has no range on their outputs, so TensorRT 10 would run no GEMM in
+    INT8: --fill takes measured ranges for exactly those outputs, the model's own scales stay as they are, and
+    the float QA head stays float."""
+    from bertrt.calibrate.evaluate import implicit_int8_model
+
+    model, folder = canonical["linear"]
+    fused, name_map, _ = _surgery(model, folder, "trt10")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        ids = rng.integers(0, 128, (1, 16)).astype(np.int32)
+        np.savez(tmp_path / f"{i}.npz", input_ids=ids, segment_ids=np.zeros_like(ids), input_mask=np.ones_like(ids))
+    measured, own, filled = tmp_path / "measured.json", tmp_path / "own.json", tmp_path / "filled.json"
+    _run("calibrate", "ranges", model, "--npz-dir", tmp_path, "--method", "minmax", "--name-map", name_map,
+         "-o", measured)
+    _run("calibrate", "qat", model, "--name-map", name_map, "-o", own)
+    _run("calibrate", "qat", model, "--name-map", name_map, "--fill", measured, "-o", filled)
+    own, filled, measured = (json.loads(p.read_text()) for p in (own, filled, measured))
+    added = {t: v for t, v in filled.items() if t not in own}
+    assert {t: filled[t] for t in own} == own and added and all(measured[t] == v for t, v in added.items())
+    fused_model = onnx.load(fused)
+    assert len(implicit_int8_model(fused_model, own)[1].quantized) == 0
+    _, report = implicit_int8_model(fused_model, filled)
+    assert len(report.quantized) == 8 and list(report.skipped.values()) == ["no range for its output"]  # the head
