@@ -21,7 +21,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-import click
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -33,6 +32,7 @@ from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
 from bertrt.plugins.nodes import TYPE_INT8, is_plugin_node, read_scalar_attrs
 from bertrt.plugins.runner import ReferenceRunner
+from bertrt.progress import Progress, task
 from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, stack_features
 
 COS_TARGET = 0.99
@@ -129,8 +129,8 @@ def _has_int8_plugins(model: onnx.ModelProto) -> bool:
 
 
 def evaluate(reference: str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, samples: list[Sample],
-             *, amax: Mapping[str, float] | None = None, batch: int = 8, progress: bool = True,
-             label: str = "evaluating") -> Evaluation:
+             *, amax: Mapping[str, float] | None = None, batch: int = 8, progress: Progress | None = None,
+             label: str = "calibrate evaluate") -> Evaluation:
     """Scores of ``candidate`` (run on the reference runner with ``amax`` for its INT8 plugins) against the
     canonical model at ``reference`` (run on ONNX Runtime) over ``samples``, ``batch`` features at a time."""
     if not samples:
@@ -150,8 +150,7 @@ def evaluate(reference: str | os.PathLike, candidate: onnx.ModelProto | str | os
     if LOGITS not in runner.output_names:
         raise BertrtError(f"the candidate has no '{LOGITS}' output (outputs: {', '.join(runner.output_names)})", path)
     scores = []
-    with click.progressbar(length=len(samples), label=label, file=click.get_text_stream("stderr"),
-                           hidden=not progress) as bar:
+    with task(progress, label, len(samples), "features") as advance:
         for lo in range(0, len(samples), batch):
             chunk = samples[lo:lo + batch]
             feed = {k: np.concatenate([s.feed[k] for s in chunk]) for k in chunk[0].feed}
@@ -162,7 +161,7 @@ def evaluate(reference: str | os.PathLike, candidate: onnx.ModelProto | str | os
                                   f"{list(ref.shape)}", path)
             for i, s in enumerate(chunk):
                 scores.append(score_feature(ref[i], out[i], s.feed["input_mask"][0] == 1, s.passage))
-            bar.update(len(chunk))
+            advance(len(chunk))
     return summarize(scores)
 
 

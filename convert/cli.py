@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from bertrt.options import log as _log
+from bertrt.options import out_option, seq_option
+
 
 @click.group()
 def convert():
@@ -15,19 +18,16 @@ def convert():
     """
 
 
-def _log(msg):
-    click.echo(msg, err=True)
-
-
 @convert.command("tf")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(),
               help="Checkpoint folder (with bert_config.json) or prefix, e.g. ckpt/bert_model.ckpt.")
 @click.option("--config", type=click.Path(), default=None,
               help="bert_config.json [default: the one beside the checkpoint].")
-@click.option("--seq", "-s", type=int, default=384, show_default=True, help="Sequence length (fixed).")
+@seq_option(fixed_default=True)
 @click.option("--dynamic-seq", is_flag=True, help="Leave the sequence axis dynamic instead of fixing --seq.")
-@click.option("--opset", type=int, default=17, show_default=True)
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True,
+              help="ONNX opset to write (17 is the first with LayerNormalization, which the passes match).")
+@out_option("ONNX file to write.")
 def convert_tf(checkpoint, config, seq, dynamic_seq, opset, out):
     """BERT SQuAD TF checkpoint (Google / NGC layout) -> canonical ONNX, through tf2onnx.
 
@@ -46,9 +46,9 @@ def convert_tf(checkpoint, config, seq, dynamic_seq, opset, out):
 
 @convert.command("onnx")
 @click.argument("src", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@out_option("ONNX file to write.")
 def convert_onnx_cmd(src, out):
-    """A PyTorch / Hugging Face export or a QAT (Q/DQ) ONNX -> canonical ONNX.
+    """SRC, a PyTorch / Hugging Face export or a QAT (Q/DQ) ONNX -> canonical ONNX.
 
     Renames inputs (token_type_ids -> segment_ids, attention_mask -> input_mask), makes int64 ids int32
     at the edge, joins start/end logits into logits [batch, seq, 2], keeps Q/DQ nodes, folds constants.
@@ -57,5 +57,5 @@ def convert_onnx_cmd(src, out):
 
     report = convert_onnx(src, out)
     for line in report.get("changes", []):
-        click.echo(f"  {line}", err=True)
+        _log(f"  {line}")
     click.echo(f"wrote {out}")

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS as INPUTS
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
 from bertrt.sanitize import QDQ_OPS, import_with_shapes, sanitize
 
-INPUTS = ("input_ids", "segment_ids", "input_mask")
 # Names exporters and model hubs give the three inputs (compared lower-case, without a ':0' suffix).
 INPUT_ALIASES = {
     "input_ids": {"input_ids", "input_word_ids", "word_ids", "token_ids", "ids", "tokens"},

@@ -16,17 +16,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertrt.contract import DEFAULT_SEQ, INPUT_IDS, INPUT_MASK, SEGMENT_IDS, random_feeds
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
-from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, is_plugin_node
+from bertrt.plugins.nodes import EMB_LAYER_NORM, TYPE_FP16, TYPE_INT8, is_plugin_node
+from bertrt.plugins.specs import spec_of
 from bertrt.plugins.runner import has_plugin_nodes
 
 # Default tolerances per precision: fp32 is the references' float32 rounding; fp16 the plugins' FP16
 # rounding at their boundaries; int8 the fake-quantization error of a calibrated model's logits.
 TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (2.5e-1, 2.5e-1)}
-DEFAULT_SEQ = 128
-SEG_NAMES = ("segment_ids", "token_type_ids")
-MASK_NAMES = ("input_mask", "attention_mask")
+SEG_NAMES = (SEGMENT_IDS, "token_type_ids")
+MASK_NAMES = (INPUT_MASK, "attention_mask")
 
 
 @dataclass
@@ -80,9 +81,6 @@ def vocab_size(model: onnx.ModelProto) -> int | None:
     return None
 
 
-_INT8_ONLY = {(QKV_TO_CONTEXT, "3"), (QKV_TO_CONTEXT, "6")} | {(SKIP_LAYER_NORM, v) for v in "3478"}
-
-
 def plugin_precision(model: onnx.ModelProto) -> str:
     """The lowest precision any plugin node runs in: "int8", "fp16" or "fp32" (also for no plugins)."""
     found = "fp32"
@@ -90,10 +88,10 @@ def plugin_precision(model: onnx.ModelProto) -> str:
         if not is_plugin_node(n):
             continue
         ints = {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}
-        version = next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
-        if ints.get("type_id") == 2 or (n.op_type, version) in _INT8_ONLY:
+        spec = spec_of(n)
+        if ints.get("type_id") == TYPE_INT8 or (spec is not None and spec.int8_only):
             return "int8"
-        if ints.get("type_id") == 1 or ints.get("output_fp16") == 1:
+        if ints.get("type_id") == TYPE_FP16 or ints.get("output_fp16") == 1:
             found = "fp16"
     return found
 
@@ -117,31 +115,27 @@ def _input_specs(model):
 
 def random_inputs(model: onnx.ModelProto, batch: int = 1, seq: int | None = None, seed: int = 0,
                   iterations: int = 1, vocab: int | None = None, path=None) -> list[dict[str, np.ndarray]]:
-    """Valid BERT QA inputs for the model's [batch, seq] inputs: ids, segments in {0, 1}, prefix masks."""
+    """Valid BERT QA inputs for the model's [batch, seq] inputs (``contract.random_feeds``: ids, segments in
+    {0, 1}, prefix masks of random lengths), in the dtypes the model declares."""
     vocab = vocab or vocab_size(model)
     if vocab is None:
         raise BertrtError("cannot tell the vocabulary size (no EmbLayerNorm node and no word-embedding Gather on "
-                          "input_ids); pass --load-inputs", path)
-    rng = np.random.default_rng(seed)
+                          "input_ids); give the inputs instead", path)
     specs = _input_specs(model)
+    for name, _dtype, dims in specs:
+        if len(dims) != 2:
+            raise BertrtError(f"input {name} has rank {len(dims)}; random inputs need [batch, seq] inputs "
+                              "(give the inputs instead)", path)
+    S = B = None
+    for name, _dtype, dims in specs:
+        S = _resolve(dims[1], seq if S is None else S, "sequence length", name, path)
+        B = _resolve(dims[0], batch if B is None else B, "batch", name, path)
+    rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(iterations):
-        feed = {}
-        for name, dtype, dims in specs:
-            if len(dims) != 2:
-                raise BertrtError(f"input {name} has rank {len(dims)}; random inputs need [batch, seq] inputs "
-                                  "(use --load-inputs)", path)
-            S = _resolve(dims[1], seq, "sequence length", name, path)
-            B = _resolve(dims[0], batch, "batch", name, path)
-            if name in MASK_NAMES:
-                lengths = rng.integers(1, S + 1, size=B)
-                arr = (np.arange(S)[None, :] < lengths[:, None])
-            elif name in SEG_NAMES:
-                arr = rng.integers(0, 2, size=(B, S))
-            else:
-                arr = rng.integers(0, vocab, size=(B, S))
-            feed[name] = arr.astype(dtype)
-        feeds.append(feed)
+        canonical = random_feeds(B or batch, S or DEFAULT_SEQ, vocab, rng=rng)
+        feeds.append({name: canonical[INPUT_MASK if name in MASK_NAMES else SEGMENT_IDS if name in SEG_NAMES
+                                      else INPUT_IDS].astype(dtype) for name, dtype, _dims in specs})
     return feeds
 
 

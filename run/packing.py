@@ -13,15 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertrt.errors import BertrtError
-
-# Var-seqlen EmbLayerNorm (2/4) never computes positions >= 384 (QKVToContext 2/5 alone would take 512).
-MAX_SEQLEN = 384
+from bertrt.plugins.nodes import EMB_LAYER_NORM
+from bertrt.plugins.specs import MAX_SEQLEN  # what the var-seqlen plugins compute at most (384)
 
 
 def model_max_length(model) -> int:
-    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most 384."""
-    from bertrt.plugins.nodes import EMB_LAYER_NORM
-
+    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most
+    MAX_SEQLEN."""
     for n in model.graph.node:
         if n.op_type == EMB_LAYER_NORM:
             attrs = {a.name: a for a in n.attribute}

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from bertrt import config
+from bertrt.contract import PRECISIONS
 from bertrt.errors import BertrtError
 from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
@@ -23,7 +24,6 @@ DEFAULT_PASSES = ["sanitize", "dequantize", "layernorm", "attention", "embedding
                   "precision", "qat_weights"]
 # Ops that must not be left in a fully fused encoder.
 UNFUSED_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "GlobalAveragePool", "Erf")
-PRECISIONS = ("fp32", "fp16", "int8")
 VARSEQLEN_PASS = "pack-varseqlen"
 
 
@@ -59,10 +59,6 @@ class SurgeryResult:
                 "name_map": self.name_map()}
 
 
-def passes_for(target: dict) -> list[str]:
-    return list(target.get("passes", DEFAULT_PASSES))
-
-
 def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
         dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False,
         varseqlen: bool = False) -> SurgeryResult:
@@ -93,7 +89,7 @@ def _check_options(target, precision, passes) -> None:
 def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
               dump_dir=None, log=lambda msg: None, varseqlen: bool = False) -> SurgeryResult:
     tgt = config.target(target)
-    names = passes or passes_for(tgt)
+    names = passes or DEFAULT_PASSES
     if varseqlen:
         names = [n for n in names if n != VARSEQLEN_PASS] + [VARSEQLEN_PASS]
         precision = "fp16"

@@ -205,7 +205,7 @@ def test_bad_input_is_one_clear_error_and_no_output(case, tmp_path):
     out_dir.mkdir()
     with pytest.raises(BertrtError) as info:
         convert_onnx(src, out_dir / "model.onnx")
-    message = info.value.format_message()
+    message = info.value.message
     assert message.startswith(f"{src}: ") and words in message, message
     assert "\n" not in message
     assert info.value.exit_code == 1

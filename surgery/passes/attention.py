@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import MASK_IDX, MASK_LEN
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import QKV_TO_CONTEXT, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
 from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import (
@@ -26,8 +28,6 @@ from bertrt.surgery.graph_utils import (
 from bertrt.surgery.passes.dequantize import carry_scales
 from bertrt.surgery.region import RegionError, evaluate, max_rel_err
 
-MASK_IDX = "bertrt_mask_idx"     # [B, 1] int32 (QKV 1/4), replaced by EmbLayerNorm's output 1 later
-MASK_LEN = "bertrt_mask_len"     # [B] int32 (QKV 2/5 with var_seqlen=0)
 TOLERANCE = 1e-4
 
 
@@ -261,7 +261,8 @@ def mask_route(ctx, head_size: int) -> str:
     In FP16 and INT8, EmbLayerNorm packs the mask for the fused kernels, which exist only for head size 64;
     with another head size QKV 1/4 would read the packed mask as a mask index, so 2/5 is used instead.
     """
-    return "idx" if ctx.precision == "fp32" or head_size == 64 else "len"
+    fixed = get_spec(QKV_TO_CONTEXT, ctx.plugin_version("qkv_to_context"))
+    return "idx" if ctx.precision == "fp32" or head_size in fixed.fused_head_sizes else "len"
 
 
 @register
@@ -351,7 +352,7 @@ class AttentionPass(Pass):
         if route == "len":
             fields["var_seqlen"] = 0
         out = gs.Variable(f"{prefix}/context", dtype=np.float32)
-        graph.nodes.append(make_plugin_node(QKV_TO_CONTEXT, version, inputs, [out], fields, name=prefix))
+        graph.nodes.append(make_plugin_node(get_spec(QKV_TO_CONTEXT, version), inputs, [out], fields, name=prefix))
         ctx.softmax_of[prefix] = c.softmax.outputs[0].name
         ctx_sb = adapters.from_5d(graph, out, E, prefix)
         ctx_model = adapters.from_sb(graph, ctx_sb, rank(c.ctx) or r, E)

@@ -12,14 +12,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS, MASK_IDX
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import EMB_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
 from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import const_value, graph_input, producer, rank, replace_uses, trace_back
 from bertrt.surgery.region import RegionError, evaluate, max_rel_err
 
-MASK_IDX = "bertrt_mask_idx"  # the [B, 1] mask index the attention pass makes before EmbLayerNorm exists
 TOLERANCE = 1e-4
 
 
@@ -66,7 +67,7 @@ class EmbeddingsPass(Pass):
     description = "Word/segment/position lookups + LayerNorm -> EmbLayerNorm (mask -> maskIdx)."
 
     def apply(self, graph: gs.Graph, ctx, report) -> None:
-        ids, seg, mask = (graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask"))
+        ids, seg, mask = (graph_input(graph, n) for n in CANONICAL_INPUTS)
         if ids is None or seg is None or mask is None:
             report.miss("graph", "inputs input_ids, segment_ids and input_mask are needed (run `bertrt convert`)")
             return
@@ -140,7 +141,7 @@ class EmbeddingsPass(Pass):
         out = gs.Variable(f"{prefix}/embeddings", dtype=np.float32)
         mask_idx = gs.Variable(f"{prefix}/mask_idx", dtype=np.int32)
         graph.nodes.append(make_plugin_node(
-            EMB_LAYER_NORM, version, sb, [out, mask_idx], name=prefix,
+            get_spec(EMB_LAYER_NORM, version), sb, [out, mask_idx], name=prefix,
             fields={"bert_embeddings_layernorm_beta": beta.reshape(E).astype(np.float32),
                     "bert_embeddings_layernorm_gamma": gamma.reshape(E).astype(np.float32),
                     "bert_embeddings_word_embeddings": tables["word"],

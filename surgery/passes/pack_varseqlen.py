@@ -16,15 +16,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from bertrt.errors import BertrtError
+from bertrt.contract import CANONICAL_INPUTS
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16
+from bertrt.plugins.specs import MAX_PACKED_HEAD_SIZE as MAX_HEAD_SIZE
+from bertrt.plugins.specs import MAX_SEQLEN, spec_of
 from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import ancestors, const_value, graph_input, producer, replace_uses
 from bertrt.surgery.passes.layout import BINARY, QDQ, UNARY
 
-MAX_HEAD_SIZE = 64  # QKV 2/5 with var_seqlen=1 has kernels for head sizes 32 and 64 only (spec §4.2.3)
-MAX_SEQLEN = 384  # EmbLN 2/4 never computes positions >= 384 (spec §4.1.2); QKV 2/5 alone would take 512
 TOTAL = "total_tokens"
-FIXED_VERSIONS = {EMB_LAYER_NORM: ("1", "6"), QKV_TO_CONTEXT: ("1", "2", "4", "5"), SKIP_LAYER_NORM: ("1", "5")}
 PER_TOKEN = UNARY | BINARY | QDQ | {"MatMul", "Reshape", "Transpose"}
 
 
@@ -94,11 +94,11 @@ class PackVarSeqlenPass(Pass):
 
     def _check(self, graph, emb, qkvs, skips) -> tuple[str, str] | None:
         for n in [emb] + qkvs + skips:
-            if _version(n) not in FIXED_VERSIONS[n.op]:
+            if spec_of(n) is None or not spec_of(n).takes_padded:
                 return n.name, f"{n.op} v{_version(n)} is not a fixed-length plugin (already packed?)"
             if n.op == QKV_TO_CONTEXT and n.attrs.get("var_seqlen", 0) != 0:
                 return n.name, "QKVToContext already has var_seqlen=1"
-        inputs = [graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask")]
+        inputs = [graph_input(graph, n) for n in CANONICAL_INPUTS]
         if any(t is None for t in inputs) or len(graph.inputs) != 3:
             return "graph", "inputs must be exactly input_ids, segment_ids, input_mask (the canonical contract)"
         region = _region(emb)
@@ -127,7 +127,7 @@ class PackVarSeqlenPass(Pass):
     # -------------------------------------------------------------- rewrite
 
     def _rewrite(self, graph, ctx, emb, qkvs, skips) -> None:
-        old = [graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask")]
+        old = [graph_input(graph, n) for n in CANONICAL_INPUTS]
         for t in old:
             t.name = f"{t.name}.padded"
         ids, seg = (gs.Variable(n, dtype=np.int32, shape=[TOTAL]) for n in ("input_ids", "segment_ids"))

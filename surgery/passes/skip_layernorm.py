@@ -10,6 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from bertrt.plugins.nodes import SKIP_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
 from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import const_value, is_const, last_dim, producer, rank, replace_uses
@@ -74,15 +75,13 @@ class SkipLayerNormPass(Pass):
                 ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
                 # A bias folded in: a QAT model's scale on the biased sum goes to the GEMM output (NVIDIA's QAT BERT).
                 ctx.alias([t_sb, ins[-1]], [t, t0] if t is not t0 and t0.name in ctx.qat_scales else [t])
-            fields = {"type_id": 0}
-            if version in ("1", "5"):
-                fields["ld"] = E
+            fields = {"type_id": 0}  # ld, where the version has it, is implied by beta's length
             fields["beta"] = beta.reshape(E).astype(np.float32)
             fields["gamma"] = gamma.reshape(E).astype(np.float32)
             if bias is not None:
                 fields["bias"] = bias
             out = gs.Variable(f"{prefix}/out", dtype=np.float32)
-            graph.nodes.append(make_plugin_node(SKIP_LAYER_NORM, version, ins, [out], fields, name=prefix))
+            graph.nodes.append(make_plugin_node(get_spec(SKIP_LAYER_NORM, version), ins, [out], fields, name=prefix))
             out_sb = adapters.from_5d(graph, out, E, prefix)
             out_model = adapters.from_sb(graph, out_sb, r, E)
             replace_uses(graph, y, out_model)
