@@ -46,6 +46,7 @@ def qat_ranges(model: onnx.ModelProto, path="<model>") -> QatRanges:
     amax: dict[str, float] = {}
     notes = []
     asymmetric = 0
+    several: set[str] = set()
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in consts:
             continue  # a constant input is a weight, not an activation
@@ -62,10 +63,13 @@ def qat_ranges(model: onnx.ModelProto, path="<model>") -> QatRanges:
         # float64 product of a float32 scale and 127 is exact (24 + 7 bits < 53).
         value = float(np.float64(scale.reshape(())) * QMAX)
         if tensor in amax and amax[tensor] != value:
-            notes.append(f"{tensor}: quantized with several scales; the largest is kept")
+            several.add(tensor)
         amax[tensor] = max(value, amax.get(tensor, 0.0))
     if not amax:
         raise BertrtError("no QuantizeLinear on an activation: not a Q/DQ (QAT) model", path)
+    if several:
+        notes.append(f"{len(several)} tensors are quantized with several scales (as PyTorch quantizes the input of "
+                     f"Q, K and V, one GEMM once fused): the largest is kept, e.g. {min(several)}")
     if asymmetric:
         notes.append(f"{asymmetric} of {len(amax)} activations have a non-zero zero point (asymmetric); "
                      f"the symmetric ranges scale x 127 differ from them by the zero-point shift")

@@ -237,3 +237,26 @@ def test_fill_gives_trt10_the_outputs_of_the_quantized_gemms(canonical, tmp_path
     assert len(implicit_int8_model(fused_model, own)[1].quantized) == 0
     _, report = implicit_int8_model(fused_model, filled)
     assert len(report.quantized) == 8 and list(report.skipped.values()) == ["no range for its output"]  # the head
+
+
+@pytest.mark.parametrize("target", ["trt10", "trt11"])
+def test_make_engine_takes_a_qat_export_with_its_own_scales(target, tmp_path):
+    """`make engine ONNX=... PREC=int8` tells a Q/DQ export by its nodes: no smoothing or recalibration of its
+    scales (calibrate qat; on trt10 measured ranges only for its GEMM outputs), gated against the QAT model."""
+    import subprocess
+    import sys
+
+    root = FIXTURES.parents[1]
+
+    def plan(onnx_file):
+        r = subprocess.run(["make", "-n", "engine", f"ONNX={onnx_file}", "PREC=int8", f"TARGET={target}",
+                            f"BUILD={tmp_path}", f"PYTHON={sys.executable}"], cwd=root, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    qat = plan(FIXTURES / "qat_fq_linear.onnx")
+    assert "convert onnx" in qat and "calibrate smooth" not in qat and "calibrate qat" in qat
+    assert ("--fill" in qat) == (target == "trt10") and ("calibrate qdq" in qat) == (target == "trt11")
+    assert "calibrate evaluate " + str(tmp_path / f"qat_fq_linear-384-int8-{target}" / "model.onnx") in qat
+    float_export = plan(FIXTURES / "hf_qa_eager.onnx")
+    assert "calibrate smooth" in float_export and "calibrate qat" not in float_export
