@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from bertrt import contract
 from bertrt.options import log as _log
 from bertrt.options import out_option, seq_option
 
@@ -47,15 +48,27 @@ def convert_tf(checkpoint, config, seq, dynamic_seq, opset, out):
 @convert.command("onnx")
 @click.argument("src", type=click.Path())
 @out_option("ONNX file to write.")
-def convert_onnx_cmd(src, out):
-    """SRC, a PyTorch / Hugging Face export or a QAT (Q/DQ) ONNX -> canonical ONNX.
+@click.option("--start-logits", default=None, metavar="NAME",
+              help="The output holding the start logits [batch, seq] (with --end-logits), for outputs whose "
+                   "names do not say start/end (keras2onnx's output_1). Other outputs are dropped.")
+@click.option("--end-logits", default=None, metavar="NAME", help="The output holding the end logits [batch, seq].")
+@click.option("--logits", default=None, metavar="NAME",
+              help="The output holding the logits [batch, seq, 2] (start, end), when there are other outputs.")
+@click.option("-s", "--seq", type=click.IntRange(min=contract.MIN_SEQ), default=None,
+              help="Fix a free sequence axis at this length (at most the position table's rows), as "
+                   "`convert tf --seq` does: e.g. the INT8 attention plugin needs a fixed 128 or 384 "
+                   "[default: keep the source's].")
+def convert_onnx_cmd(src, out, start_logits, end_logits, logits, seq):
+    """SRC, a PyTorch / Hugging Face / keras2onnx export or a QAT (Q/DQ) ONNX -> canonical ONNX.
 
-    Renames inputs (token_type_ids -> segment_ids, attention_mask -> input_mask), makes int64 ids int32
-    at the edge, joins start/end logits into logits [batch, seq, 2], keeps Q/DQ nodes, folds constants.
+    Upgrades opsets below 17 (onnx.version_converter), names unnamed nodes, renames inputs
+    (token_type_ids -> segment_ids, attention_mask -> input_mask), makes int64 ids int32 at the edge, joins
+    start/end logits into logits [batch, seq, 2], infers the output shapes again, keeps Q/DQ nodes, folds
+    constants, and runs the result once on ONNX Runtime before writing it.
     """
     from bertrt.convert.onnx_intake import convert_onnx
 
-    report = convert_onnx(src, out)
+    report = convert_onnx(src, out, start_logits=start_logits, end_logits=end_logits, logits=logits, seq=seq)
     for line in report.get("changes", []):
         _log(f"  {line}")
     click.echo(f"wrote {out}")

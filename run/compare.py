@@ -221,8 +221,14 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
-        results = Comparator.run([ra, rb], data_loader=feeds)
+        try:
+            results = Comparator.run([ra, rb], data_loader=feeds)
+        except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
+            raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
+                              path_a) from None
         acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
     per_iter = next(iter(acc[0].values()))
     diffs = []
@@ -305,6 +311,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     rtol = TOLERANCES[precision][1] if rtol is None else rtol
     feeds = _feeds(inputs, mp, mp, batch, seq, seed, iterations, path_p, vocab_from=mk)
     max_len = model_max_length(mk)
+    out_name = mp.graph.output[0].name  # logits, or an encoder's hidden_states
+    if out_name not in [o.name for o in mk.graph.output]:
+        raise BertrtError(f"has no output {out_name} (the padded model's)", path_k)
     from polygraphy.logger import G_LOGGER
 
     rp, kp = _runner(mp, "padded", amax)
@@ -313,8 +322,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), rp, rk:  # the table is the report
         for feed in feeds:
             mask = feed["input_mask"]
-            want = np.asarray(rp.infer(feed)["logits"], dtype=np.float32)
-            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))["logits"], mask)
+            want = np.asarray(rp.infer(feed)[out_name], dtype=np.float32)
+            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))[out_name], mask,
+                                   per_token=want.shape[-1])
             count = TokenCount.of(mask)
             tokens = count if tokens is None else tokens + count
             for b, n in enumerate(mask.astype(bool).sum(axis=1)):
@@ -328,10 +338,28 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
                                (kp, kk), len(feeds))
 
 
+def default_seq(model: onnx.ModelProto) -> int:
+    """DEFAULT_SEQ, or fewer where the position table has fewer rows (positions past it do not exist)."""
+    import onnx_graphsurgeon as gs
+
+    from bertrt.convert.onnx_intake import position_rows
+
+    for n in model.graph.node:
+        if n.op_type == EMB_LAYER_NORM:
+            attrs = {a.name: a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
+            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
+            if pos is not None and beta is not None:
+                return min(DEFAULT_SEQ, int(np.prod(pos.dims)) // max(1, int(np.prod(beta.dims))))
+    rows = position_rows(gs.import_onnx(model))
+    return DEFAULT_SEQ if rows is None else min(DEFAULT_SEQ, rows)
+
+
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:
     """Random valid feeds for ``model``, or the given ones (a list or a Polygraphy JSON) checked against both models."""
     if inputs is None:
         vocab = vocab_size(model) or vocab_size(vocab_from if vocab_from is not None else other)
+        if seq is None and any(len(dims) == 2 and not dims[1] for _, _, dims in _input_specs(model)):
+            seq = min(default_seq(model), default_seq(vocab_from if vocab_from is not None else other))
         return random_inputs(model, batch, seq, seed, iterations, vocab=vocab, path=path)
     source = inputs if isinstance(inputs, (str, os.PathLike)) else None
     feeds = load_inputs(inputs) if source is not None else list(inputs)

@@ -96,8 +96,9 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
     pass_objs = [get_pass(n) for n in names]
     originals = set(graph.tensors())
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
-    seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
-    ctx = Context(target=tgt, precision=precision, seq=seq)
+    dims = list(ids.shape) if ids is not None and ids.shape is not None and len(ids.shape) == 2 else [None, None]
+    batch, seq = (d if isinstance(d, int) and d > 0 else None for d in dims)
+    ctx = Context(target=tgt, precision=precision, seq=seq, batch=batch)
     reports = []
     for i, p in enumerate(pass_objs, 1):
         log(f"[{i}/{len(pass_objs)}] {p.name}: {p.description}")
@@ -150,8 +151,33 @@ def summarize(graph):
             version = read_attrs(n).get("plugin_version")
             counts[f"{op(n)} v{version.value if version else '?'}"] += 1
             problems += [f"{n.name}: {p}" for p in validate(n, info)]
-    leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS)
+    encoder = _feeding_plugins(nodes, op)
+    leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS and (encoder is None or id(n) in encoder))
     return dict(sorted(counts.items())), dict(sorted(leftover.items())), problems
+
+
+def _feeding_plugins(nodes, op) -> set[int] | None:
+    """id() of every node a plugin node reads from, directly or not: the encoder, as far as it is fused. Ops
+    after the last plugin are a head (an MLM head has its own LayerNorm), not an unfused part of the encoder.
+    None where there is no plugin node (then every op counts)."""
+    plugins = [n for n in nodes if op(n) in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM)]
+    if not plugins:
+        return None
+    if isinstance(plugins[0], gs.Node):
+        producer_of = {id(t): p for p in nodes for t in p.outputs}
+        inputs_of = lambda n: [id(t) for t in n.inputs]  # noqa: E731
+    else:
+        producer_of = {t: p for p in nodes for t in p.output if t}
+        inputs_of = lambda n: list(n.input)  # noqa: E731
+    seen, work = set(), list(plugins)
+    while work:
+        n = work.pop()
+        for t in inputs_of(n):
+            p = producer_of.get(t)
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                work.append(p)
+    return seen
 
 
 def plugin_totals(counts: dict) -> dict:

@@ -84,6 +84,8 @@ def test_the_same_defaults_across_stages():
     for path, p in seqs.items():
         if path == "convert tf":  # no model yet: the number every other stage falls back to
             assert p.default == DEFAULT_SEQ
+        elif path == "convert onnx":  # fixes a free axis only when asked: the source's axis stays by default
+            assert p.default is None and p.type.min == 8 and "keep the source's" in p.help
         elif path == "build":  # a list of profile lengths
             assert p.default is None and "else 384" in p.help
         else:  # the model's if fixed, else 384

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16, TYPE_INT8
 from bertrt.plugins.specs import spec_of
 from bertrt.surgery.framework import Pass, register
+from bertrt.surgery.graph_utils import replace_uses
 
 PLUGINS = (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM)
 
@@ -86,6 +87,15 @@ class PrecisionPass(Pass):
             report.notes.append(f"SkipLayerNorm INT8 needs {skip.int8_needs()}")
 
     def _float16_graph(self, graph: gs.Graph) -> int:
+        # The outputs stay float32: each float32 output is computed in float16 and Cast back at the very end.
+        for out in list(graph.outputs):
+            if out.dtype is not None and np.dtype(out.dtype) == np.float32 and out.inputs:
+                name = out.name
+                wide = gs.Variable(name, dtype=np.float32, shape=out.shape)
+                replace_uses(graph, out, wide)
+                out.name = f"{name}/fp16"
+                graph.nodes.append(gs.Node(op="Cast", name=f"{name}/Cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                           inputs=[out], outputs=[wide]))
         converted = 0
         plugin_attr_ids = set()
         for node in graph.nodes:
@@ -102,15 +112,7 @@ class PrecisionPass(Pass):
         for node in graph.nodes:
             if node.op == "Cast" and node.attrs.get("to") == onnx.TensorProto.FLOAT and not _is_output(graph, node.outputs[0]):
                 node.attrs["to"] = onnx.TensorProto.FLOAT16
-        for i, out in enumerate(list(graph.outputs)):
-            if out.dtype is not None and np.dtype(out.dtype) == np.float32 and out.inputs:
-                half = gs.Variable(f"{out.name}/fp16", dtype=np.float16, shape=out.shape)
-                producer = out.inputs[0]
-                producer.outputs[[o is out for o in producer.outputs].index(True)] = half
-                graph.nodes.append(gs.Node(op="Cast", name=f"{out.name}/Cast", attrs={"to": onnx.TensorProto.FLOAT},
-                                           inputs=[half], outputs=[out]))
         return converted
-
 
 
 def _is_output(graph: gs.Graph, t: gs.Tensor) -> bool:
