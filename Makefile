@@ -17,6 +17,17 @@ PREC ?= fp16
 TARGET ?= trt10
 BATCH ?= 1,8
 CKPT ?=
+# make engine ONNX=path/to/export.onnx ...: a PyTorch / Hugging Face export through `convert onnx` instead of a
+# checkpoint. A QAT export (Q/DQ nodes, as pytorch-quantization, ModelOpt or a fake-quant torch.onnx.export write
+# it) at PREC=int8 keeps the INT8 scales it was trained with (`calibrate qat`; no smoothing, no recalibration); on
+# trt10 the outputs of its quantized GEMMs, which it has no scale for and TensorRT 10 needs one on, get measured
+# ranges (`calibrate qat --fill`).
+ONNX ?=
+# A Q/DQ export is told by its DequantizeLinear nodes (op names are plain strings in the file).
+QAT ?= $(if $(ONNX),$(shell grep -qsa DequantizeLinear '$(ONNX)' && echo 1))
+ONNX_VOCAB = $(wildcard $(dir $(ONNX))vocab.txt)
+# What the calibrate commands need to tokenize for an export: its free sequence axis set, its vocab if beside it.
+ONNX_OPT = $(if $(ONNX),--seq $(SEQ) $(if $(ONNX_VOCAB),--vocab $(ONNX_VOCAB)))
 # INT8 calibration questions (SQuAD format): the official train-v1.1.json for real use; by default the
 # project's own pydoc questions.
 CALIB_JSON ?= calibrate/data/pydoc_qa_calib.json
@@ -24,7 +35,7 @@ CALIB_NUM ?= 100
 # INT8 recipe: SMOOTH=1 moves the GEMM inputs' outlier channels into the weights first (`bertrt calibrate
 # smooth`); FLOAT_GEMMS=ffn2 (or any of qkv,attn_out,ffn1,ffn2,head) keeps those GEMMs in float. MiniLM needs
 # both to stay within 0.99 cosine and 90% argmax agreement of FP32 (benchmarks/int8_accuracy.py).
-SMOOTH ?= 1
+SMOOTH ?= $(if $(QAT),0,1)
 FLOAT_GEMMS ?=
 # Smoothed inputs calibrate best by their max (percentile clips the few huge GELU outputs the smoothing kept).
 CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
@@ -36,9 +47,9 @@ CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
 EVAL_JSON ?= calibrate/data/pydoc_qa_eval.json
 EVAL_NUM ?= 100
 INT8_MIN_COS ?= 0.8
-EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) \
+EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(ONNX_OPT) \
 	--check --min-cos $(INT8_MIN_COS) --min-agree 0 -o $(ENGINE_DIR)/int8-accuracy.json
-ENGINE_DIR = $(BUILD)/$(MODEL)-$(SEQ)-$(PREC)-$(TARGET)
+ENGINE_DIR = $(BUILD)/$(if $(ONNX),$(basename $(notdir $(ONNX))),$(MODEL))-$(SEQ)-$(PREC)-$(TARGET)
 CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
 # The model surgery and calibration start from: the smoothed one for a smoothed INT8 build.
 SOURCE = $(ENGINE_DIR)/$(if $(and $(filter int8,$(PREC)),$(filter 1,$(SMOOTH))),model.smooth.onnx,model.onnx)
@@ -56,8 +67,9 @@ help:
 	@echo "make demo     set up, then run the minilm model through the whole pipeline and answer a question"
 	@echo "make test     run the test suite"
 	@echo "make test-fast  the suite without the slow tests (real minilm conversion, BERT-Base): about a third of the time"
-	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir]"
+	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir | ONNX=export.onnx]"
 	@echo "              PREC=int8 [SMOOTH=1] [FLOAT_GEMMS=ffn2] [CALIB_METHOD=minmax] [CALIB_JSON=train-v1.1.json]"
+	@echo "              ONNX=model.qat.onnx PREC=int8: a QAT (Q/DQ) export with its own scales"
 	@echo "              checkpoint -> ONNX -> fused -> compare -> TensorRT engine (the engine needs TensorRT)"
 	@echo "make setup    install bertrt and its pinned dependencies (editable)"
 	@echo "make bench    the measurements in benchmarks/ (minutes; they print tables)"
@@ -79,21 +91,44 @@ demo: setup
 # Everything up to the engine runs here; the last step needs TensorRT and says so (exit 3) where it is missing.
 engine:
 	@mkdir -p $(ENGINE_DIR)
+ifneq ($(ONNX),)
+	$(BERTRT) convert onnx $(ONNX) -o $(ENGINE_DIR)/model.onnx
+else
 	@if [ -z "$(CKPT)" ]; then \
 		echo "checkpoint: the zoo's $(MODEL) (seeded random weights, for testing the pipeline; CKPT=dir for yours)"; \
 		test -f $(CKPT_DIR)/bert_config.json || $(BERTRT) zoo make $(MODEL) -o $(CKPT_DIR); \
 	fi
 	$(BERTRT) convert tf --checkpoint $(CKPT_DIR) --seq $(SEQ) -o $(ENGINE_DIR)/model.onnx
+endif
 ifeq ($(PREC)$(SMOOTH),int81)
-	$(BERTRT) calibrate smooth $(ENGINE_DIR)/model.onnx --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) \
+	$(BERTRT) calibrate smooth $(ENGINE_DIR)/model.onnx --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(ONNX_OPT) \
 		$(FLOAT_OPT) --report $(ENGINE_DIR)/smooth.json -o $(ENGINE_DIR)/model.smooth.onnx
 endif
 	$(BERTRT) surgery run $(SOURCE) -o $(ENGINE_DIR)/fused.onnx --target $(TARGET) \
 		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json --name-map $(ENGINE_DIR)/name-map.json \
 		| tee $(ENGINE_DIR)/surgery.txt
-ifeq ($(PREC),int8)
+ifeq ($(PREC)$(QAT),int81)
+# QAT: the model's own scales; the gate compares with the QAT model itself on ONNX Runtime (it runs the Q/DQ).
 ifeq ($(TARGET),trt11)
-	$(BERTRT) calibrate ranges $(SOURCE) --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) --method $(CALIB_METHOD) \
+	$(BERTRT) calibrate qat $(ENGINE_DIR)/model.onnx --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
+	$(BERTRT) calibrate qdq $(ENGINE_DIR)/fused.onnx --ranges $(ENGINE_DIR)/ranges.json -o $(ENGINE_DIR)/fused.qdq.onnx
+	$(EVALUATE) $(ENGINE_DIR)/fused.qdq.onnx | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.qdq.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ)
+else
+	$(BERTRT) calibrate ranges $(ENGINE_DIR)/model.onnx --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(ONNX_OPT) \
+		--method minmax --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/measured.json
+	$(BERTRT) calibrate qat $(ENGINE_DIR)/model.onnx --name-map $(ENGINE_DIR)/name-map.json \
+		--fill $(ENGINE_DIR)/measured.json -o $(ENGINE_DIR)/ranges.json
+	$(EVALUATE) $(ENGINE_DIR)/fused.onnx --amax $(ENGINE_DIR)/ranges.json | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ) --ranges $(ENGINE_DIR)/ranges.json
+endif
+else ifeq ($(PREC),int8)
+ifeq ($(TARGET),trt11)
+	$(BERTRT) calibrate ranges $(SOURCE) --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(ONNX_OPT) --method $(CALIB_METHOD) \
 		--name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
 	$(BERTRT) calibrate qdq $(ENGINE_DIR)/fused.onnx --ranges $(ENGINE_DIR)/ranges.json $(FLOAT_OPT) \
 		-o $(ENGINE_DIR)/fused.qdq.onnx
@@ -102,7 +137,7 @@ ifeq ($(TARGET),trt11)
 	$(BERTRT) build $(ENGINE_DIR)/fused.qdq.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
 		--batch $(BATCH) --seq $(SEQ)
 else
-	$(BERTRT) calibrate ranges $(SOURCE) --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) --method $(CALIB_METHOD) \
+	$(BERTRT) calibrate ranges $(SOURCE) --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(ONNX_OPT) --method $(CALIB_METHOD) \
 		$(FLOAT_OPT) --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
 	$(EVALUATE) $(ENGINE_DIR)/fused.onnx --amax $(ENGINE_DIR)/ranges.json | tee $(ENGINE_DIR)/compare.txt
 	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
@@ -125,6 +160,7 @@ test-fast:
 
 fixtures:
 	$(PYTHON) tests/fixtures/make_fixtures.py
+	$(PYTHON) tests/fixtures/make_qat_fixtures.py
 
 bench:
 	$(PYTHON) benchmarks/convert.py --models base,large
