@@ -237,11 +237,10 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
     already: they are kept as they are, its activations get Q/DQ from the ranges (`calibrate qat`), and its
     GEMMs with a float weight (the QA head) stay in float, as in the model.
     """
-    from bertrt.calibrate.qdq import insert_qdq
+    from bertrt.calibrate.qdq import MissingRanges, insert_qdq
     from bertrt.onnx_io import load_model, save_model
-    from bertrt.ranges import read_ranges
-
     from bertrt.plugins.specs import graph_typing_problems
+    from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges_path)
     proto = load_model(model)
@@ -257,6 +256,8 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
 
             skip = [*skip, *float_gemms(proto, _groups(float_groups))]
         quantized, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
+    except MissingRanges as e:  # the ranges file's problem, not the model's
+        raise e.at(ranges_path) from None
     except BertrtError as e:
         raise e.at(model) from None
     if not report.quantized:
@@ -287,7 +288,8 @@ def qat_cmd(model, name_map, fill_path, out):
     """
     from bertrt.calibrate.qat import qat_ranges, quantized_gemm_outputs
     from bertrt.onnx_io import load_model
-    from bertrt.ranges import apply_name_map, read_ranges, write_ranges
+    from bertrt.name_map import apply_name_map
+    from bertrt.ranges import read_ranges, write_ranges
 
     proto = load_model(model)
     result = qat_ranges(proto, model)

@@ -3,6 +3,7 @@ profiles past the position table, a target outside its TensorRT range, a cache h
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -181,3 +182,46 @@ def test_the_ir_version_is_raised_with_the_opset(tiny_onnx, fused):
         assert {o.domain: o.version for o in model.opset_import}[""] == 20 and need == 9
         assert model.ir_version >= need
         onnx.checker.check_model(model)
+
+
+def test_qdq_weights_are_rounded_with_the_scale_the_graph_stores(fused, tiny_ranges):
+    """A trt11 graph is float16: its per-channel weight scales are stored as float16, and TensorRT dequantizes
+    with those. Each int8 weight must be the nearest step of that scale (hand-computed here), not of the float32
+    scale it was cast from (up to 0.05% per channel apart on minilm)."""
+    from onnx import numpy_helper
+
+    from bertrt.calibrate.qdq import insert_qdq
+    from bertrt.calibrate.tensors import GraphIndex, weight_gemms
+
+    model = onnx.load(fused["trt11-int8"])
+    acts = {act: 4.0 for _n, act in weight_gemms(GraphIndex(model))}
+    qdq, report = insert_qdq(model, acts)
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    checked = 0
+    for node in qdq.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in after or after[node.input[0]].ndim != 2:
+            continue
+        q, scale = after[node.input[0]], after[node.input[1]]
+        w = before[node.input[0][: -len("_int8")]].astype(np.float64)
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        assert scale.dtype == np.float16 and w.shape == q.shape
+        step = scale.astype(np.float64).reshape([-1, 1] if axis == 0 else [1, -1])
+        want = np.clip(np.rint(w / step), -127, 127)
+        assert np.array_equal(q, want), node.name
+        checked += 1
+    assert checked == len(report.quantized) > 0
+
+
+def test_qdq_names_the_ranges_file_for_what_it_lacks(fused, tiny_ranges, tmp_path):
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({"not_in_the_graph": 1.0}))
+    r = bertrt("calibrate", "qdq", fused["trt11-int8"], "--ranges", ranges, "-o", tmp_path / "q.onnx")
+    assert r.exit_code == 1 and r.output.startswith(f"Error: {ranges}: no range for "), r.output
+    model = onnx.load(fused["trt11-int8"])
+    from bertrt.calibrate.tensors import GraphIndex, weight_gemms
+
+    huge = {act: 1e7 for _n, act in weight_gemms(GraphIndex(model))}  # scale 78740: past float16's 65504
+    ranges.write_text(json.dumps(huge))
+    r = bertrt("calibrate", "qdq", fused["trt11-int8"], "--ranges", ranges, "-o", tmp_path / "q.onnx")
+    assert r.exit_code == 1 and "is not a positive finite float16" in r.output and not (tmp_path / "q.onnx").exists()
