@@ -26,7 +26,7 @@ QMAX = 127  # symmetric INT8: scale = amax / 127
 def amax_problem(value) -> str | None:
     """Why ``value`` is no amax (None if it is one): a number whose scale amax / 127 is a positive finite float32."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return f"is {json.dumps(value)[:40] if _jsonable(value) else type(value).__name__}, expected a number"
+        return f"is {repr(value)[:40]}, expected a number"
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         return f"is {value}, expected a positive finite number"
@@ -74,11 +74,3 @@ def read_ranges(path: str | os.PathLike) -> dict[str, float]:
     if not data:
         raise BertrtError("the ranges file is empty (no tensors)", path)
     return check_amax(data, path)
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
