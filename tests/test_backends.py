@@ -64,7 +64,7 @@ def test_reference_backend_matches_unfused_graph(handbuilt):
     feeds = feeds_with_padding(2, 48, seed=1)
     with open_backend(onnx=fused) as ref, open_backend(onnx=unfused) as plain:
         assert isinstance(ref, ReferenceBackend) and isinstance(plain, OrtBackend)
-        assert ref.input_shape == InputShape(None, None)
+        assert ref.input_shape == InputShape(None, None, positions=512)  # a free axis, a table of 512 rows
         got, want = ref.run(feeds), plain.run(feeds)
     assert got.shape == want.shape == (2, 48, 2)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
@@ -129,3 +129,43 @@ def test_cli_engine_without_tensorrt_exits_3(tmp_path):
 def test_cli_engine_and_onnx_together_is_a_usage_error(tiny_onnx):
     result = CliRunner().invoke(cli, ["infer", "--engine", "a.plan", "--onnx", str(tiny_onnx), "-p", "x", "-q", "y"])
     assert result.exit_code == 2 and "exactly one of --engine" in result.output
+
+
+def test_a_backend_failure_is_one_line_naming_the_model_and_the_cause(handbuilt, tmp_path):
+    """#14, item 7: past the position table, an id past the embedding table, or the runtime's own failure."""
+    unfused, fused = handbuilt
+    for path in (unfused, fused):
+        with open_backend(onnx=path) as backend:
+            with pytest.raises(BertrtError) as e:
+                backend.run(feeds_with_padding(1, 600))
+            assert str(e.value) == f"{path}: seq 600 is longer than the model's 512 positions"
+            feeds = feeds_with_padding(1, 16)
+            feeds["input_ids"][0, 0] = 40000
+            with pytest.raises(BertrtError, match=f"^{path}: token id 40000 is past the model's 30522 embedding rows"):
+                backend.run(feeds)
+    # A graph that loads and then fails when it runs (a Reshape to a size the input does not have).
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(unfused)
+    shape = helper.make_tensor("bad_shape", onnx.TensorProto.INT64, [2], [7, -1])
+    model.graph.initializer.append(shape)
+    last = model.graph.node[-1]
+    reshaped = helper.make_node("Reshape", [last.output[0], "bad_shape"], ["logits"], name="bad_reshape")
+    last.output[0] = "before_bad_reshape"
+    reshaped.input[0] = "before_bad_reshape"
+    model.graph.node.append(reshaped)
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    with open_backend(onnx=broken) as backend, pytest.raises(BertrtError) as e:
+        backend.run(feeds_with_padding(1, 16))
+    message = str(e.value)
+    assert message.startswith(f"{broken}: onnxruntime cannot run it on input_ids [1, 16], ") and "\n" not in message
+
+
+def test_a_packed_engine_packs_no_longer_than_its_max_seqlen_profile():
+    """The limit comes from the engine (its max_seqlen input's profiles, as bertrt build made them), not 384."""
+    from bertrt.run.backends import profile_max_seqlen
+
+    assert profile_max_seqlen([((1,), (64,), (64,)), ((1,), (64,), (64,))]) == 64
+    assert profile_max_seqlen([((1,), (128,), (128,)), ((1,), (384,), (384,))]) == 128

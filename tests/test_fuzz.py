@@ -355,14 +355,6 @@ def test_surgery_and_compare_on_mutants_of_the_canonical_model(work, canonical):
     compare.check()
 
 
-def test_compare_past_the_position_table_is_one_line(canonical, fused):
-    """Item 7: the fixture's position table has 64 rows; seq 128 is no input for it, on either backend."""
-    for b in (canonical, fused[0]):
-        r = bertrt("compare", canonical, b, "--seq", 128)
-        assert r.exit_code == 1 and refusal_problem(r) is None, r.output
-        assert "seq 128 is longer than the model's 64 positions" in r.stderr, r.stderr
-
-
 # ---------------------------------------------------------------- side files
 
 
