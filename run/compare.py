@@ -226,11 +226,12 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+    from polygraphy.exception import PolygraphyException
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
         try:
             results = Comparator.run([ra, rb], data_loader=feeds)
-        except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
+        except (Fail, InvalidArgument, InvalidGraph, RuntimeException, PolygraphyException) as e:  # cannot run
             raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
                               path_a) from None
         acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
@@ -365,11 +366,22 @@ def check_seq(model: onnx.ModelProto, seq: int | None, path=None) -> None:
 
 
 def _check_runnable(model: onnx.ModelProto, path) -> None:
-    """A graph without plugin nodes must load into ONNX Runtime: its refusal names the file, not the pair."""
+    """A graph without plugin nodes must load into ONNX Runtime, and every graph take numbers for its inputs:
+    a refusal names the file, not the pair."""
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        elem = vi.type.tensor_type.elem_type
+        if vi.name not in inits and elem not in _NUMERIC:
+            kind = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+            raise BertrtError(f"input '{vi.name}' is of type {kind}, which no BERT input is", path)
     if path is not None and not has_plugin_nodes(model):
         from bertrt.ort_check import check_loads
 
         check_loads(path)
+
+
+_NUMERIC = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BOOL, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.DOUBLE}
 
 
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:

@@ -23,13 +23,13 @@ from bertrt import config as bconfig
 from bertrt.calib_cache import ALGORITHMS, parse_version, read_cache, trt_version_number, version_text
 from bertrt.contract import CANONICAL_INPUTS, DEFAULT_SEQ, PRECISIONS, VARSEQLEN_INPUTS
 from bertrt.errors import BertrtError
+from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM
 from bertrt.ranges import read_ranges
 
 DEFAULT_WORKSPACE_MB = 2500
 AVG_TIMING_ITERATIONS = 8
 # The target files' plugin keys.
-TARGET_PLUGINS = {"emb_layernorm": "CustomEmbLayerNormPluginDynamic", "qkv_to_context": "CustomQKVToContextPluginDynamic",
-                  "skip_layernorm": "CustomSkipLayerNormPluginDynamic"}
+TARGET_PLUGINS = {"emb_layernorm": EMB_LAYER_NORM, "qkv_to_context": QKV_TO_CONTEXT, "skip_layernorm": SKIP_LAYER_NORM}
 
 Shape = tuple[int, ...]
 

@@ -48,8 +48,8 @@ pytestmark = pytest.mark.slow
 SEED = 14
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_qa_eager.onnx"  # 2 layers, hidden 64, 64 positions
 SEQ = 32  # inside the fixture's position table
-N_RAW, N_CANONICAL = 110, 90  # mutants through convert onnx; mutants of the canonical model through surgery + compare
-N_SIDE = 30  # per side-file format
+N_RAW, N_CANONICAL = 150, 150  # mutants through convert onnx; mutants of the canonical model through surgery + compare
+N_SIDE = 40  # per side-file format
 ERROR_LINE = re.compile(r"^Error: .+")
 ONLY_A_CLASS = re.compile(r"(: |\()\w*(Error|Exception|Warning)\)?$")
 RECORD: dict[str, Counter] = {}
@@ -65,7 +65,8 @@ def _print_record():
     total = sum(sum(c.values()) for c in RECORD.values())
     lines = [f"fuzz campaign (seed {SEED}): {total} cases"]
     for family, counts in RECORD.items():
-        lines.append(f"  {family}: {sum(counts.values())} cases, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        lines.append(f"  {family}: {sum(counts.values())} cases, {outcomes}")
     print("\n" + "\n".join(lines))
 
 
@@ -138,6 +139,7 @@ class Campaign:
 
     def __init__(self, family: str, work: Path):
         self.family, self.work, self.failures = family, work, []
+        self.accepted = []  # (case id, args_for_out, the output written)
 
     def case(self, case_id: str, args_for_out, *, input_ok: bool | None, check_output=None, out_name="out.onnx"):
         """Run ``args_for_out(out_path)``; ``input_ok`` says whether the input is one that must be accepted (True),
@@ -156,6 +158,8 @@ class Campaign:
             if problem is not None:
                 outcome = "bad acceptance"
                 self.failures.append(f"{case_id}: {problem}; output {result.output.strip()[-200:]!r}")
+            elif result.exit_code == 0 and out.is_file():
+                self.accepted.append((case_id, args_for_out, out))
         else:
             problem = refusal_problem(result)
             left = leftovers(folder, set())
@@ -169,6 +173,17 @@ class Campaign:
                 self.failures.append(f"{case_id}: {problem}")
         _record(self.family, outcome)
         return result
+
+    def check_deterministic(self, k: int = 5):
+        """The first k accepted cases again, in new folders: the same bytes."""
+        for case_id, args_for_out, out in self.accepted[:k]:
+            again = self.work / f"{case_id}-again" / out.name
+            again.parent.mkdir(parents=True)
+            r = bertrt(*args_for_out(again))
+            same = r.exit_code == 0 and again.read_bytes() == out.read_bytes()
+            _record(self.family, "same bytes again" if same else "different bytes again")
+            if not same:
+                self.failures.append(f"{case_id}: a second run wrote different bytes (exit {r.exit_code})")
 
     def check(self):
         assert not self.failures, f"{len(self.failures)} bad outcome(s):\n" + "\n".join(self.failures[:25])
@@ -264,8 +279,9 @@ def structure_mutant(model: onnx.ModelProto, kind: str, rng: random.Random) -> o
         a.CopyFrom(value)
     elif kind == "input_dtype":
         i = g.input[rng.randrange(len(g.input))]
-        i.type.tensor_type.elem_type = rng.choice([onnx.TensorProto.INT64, onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT,
-                                                   onnx.TensorProto.STRING, onnx.TensorProto.UINT8])
+        i.type.tensor_type.elem_type = rng.choice([onnx.TensorProto.INT64, onnx.TensorProto.BOOL,
+                                                   onnx.TensorProto.FLOAT, onnx.TensorProto.STRING,
+                                                   onnx.TensorProto.UINT8])
     elif kind == "rename_output":
         g.output[0].name = rng.choice(["logits_x", "start_logits", "y", g.input[0].name])
     elif kind == "swap_inputs":
@@ -330,8 +346,9 @@ def test_convert_onnx_on_mutants_of_an_export(work):
         reason = ort_problem(src)
         # Duplicate node names are the one thing convert onnx repairs (and says so): ORT's only complaint about them.
         ok = reason is None or "two nodes with same node name" in reason
-        campaign.case(f"{i:03d}-{kind}", lambda out: ["convert", "onnx", src, "-o", out],
+        campaign.case(f"{i:03d}-{kind}", lambda out, src=src: ["convert", "onnx", src, "-o", out],
                       input_ok=None if ok else False, check_output=_accepts_model)
+    campaign.check_deterministic()
     campaign.check()
 
 
@@ -345,12 +362,13 @@ def test_surgery_and_compare_on_mutants_of_the_canonical_model(work, canonical):
         src.write_bytes(data)
         reason = ort_problem(src)
         ok = reason is None
-        surgery.case(f"{i:03d}-{kind}", lambda out: ["surgery", "run", src, "-o", out], input_ok=None if ok else False,
-                     check_output=_accepts_model)
+        surgery.case(f"{i:03d}-{kind}", lambda out, src=src: ["surgery", "run", src, "-o", out],
+                     input_ok=None if ok else False, check_output=_accepts_model)
         # compare is a diagnosis: what ONNX Runtime runs it may compare, though onnx.checker refuses it.
         runs = ok or reason.startswith("checker:")
-        compare.case(f"{i:03d}-{kind}", lambda out: ["compare", canonical, src, "--seq", SEQ],
+        compare.case(f"{i:03d}-{kind}", lambda out, src=src: ["compare", canonical, src, "--seq", SEQ],
                      input_ok=None if runs else False, check_output=None)
+    surgery.check_deterministic()
     surgery.check()
     compare.check()
 
@@ -530,15 +548,19 @@ def test_ranges_files(work, side, canonical, fused):
     ranges = Campaign("ranges file", work / "ranges")
     for i, (kind, data, valid) in enumerate(ranges_cases(canonical_acts, rng, N_SIDE)):
         path = _write(folder, f"ranges-{i:02d}.json", data)
-        ranges.case(f"{i:02d}-{kind}-cache", lambda out: ["calibrate", "cache", path, "--trt-version", "10.16", "-o", out],
+        ranges.case(f"{i:02d}-{kind}-cache",
+                    lambda out, path=path: ["calibrate", "cache", path, "--trt-version", "10.16", "-o", out],
                     input_ok=valid, check_output=_reads_as(read_cache_independently), out_name="calib.cache")
-        ranges.case(f"{i:02d}-{kind}-qdq", lambda out: ["calibrate", "qdq", canonical, "--ranges", path, "-o", out],
+        ranges.case(f"{i:02d}-{kind}-qdq",
+                    lambda out, path=path: ["calibrate", "qdq", canonical, "--ranges", path, "-o", out],
                     input_ok=False if valid is False else None, check_output=_accepts_model)
     for i, (kind, data, valid) in enumerate(ranges_cases(fused_names, rng, N_SIDE)):
         path = _write(folder, f"fused-ranges-{i:02d}.json", data)
-        ranges.case(f"{i:02d}-{kind}-build", lambda out: ["build", fused[0], "-o", out, "--precision", "int8",
-                                                          "--ranges", path, "--dry-run"],
+        ranges.case(f"{i:02d}-{kind}-build",
+                    lambda out, path=path: ["build", fused[0], "-o", out, "--precision", "int8", "--ranges", path,
+                                            "--dry-run"],
                     input_ok=valid if valid is not None else False, check_output=_nothing_written, out_name="e.plan")
+    ranges.check_deterministic()
     ranges.check()
 
 
@@ -548,8 +570,9 @@ def test_calibration_caches(work, side, fused):
     cache = Campaign("calibration cache", work / "cache")
     for i, (kind, data, valid) in enumerate(cache_cases(fused_names, rng, N_SIDE)):
         path = _write(folder, f"calib-{i:02d}.cache", data)
-        cache.case(f"{i:02d}-{kind}", lambda out: ["build", fused[0], "-o", out, "--precision", "int8",
-                                                   "--calib-cache", path, "--dry-run"],
+        cache.case(f"{i:02d}-{kind}",
+                   lambda out, path=path: ["build", fused[0], "-o", out, "--precision", "int8", "--calib-cache", path,
+                                           "--dry-run"],
                    input_ok=valid, check_output=_nothing_written, out_name="e.plan")
     cache.check()
 
@@ -561,13 +584,16 @@ def test_name_maps(work, side):
     good_ranges = _write(folder, "good-ranges.json", json.dumps({n: 2.0 for n in canonical_acts}).encode())
     for i, (kind, data, valid) in enumerate(name_map_cases(canonical_acts, rng, N_SIDE)):
         path = _write(folder, f"map-{i:02d}.json", data)
-        names.case(f"{i:02d}-{kind}", lambda out: ["calibrate", "cache", good_ranges, "--trt-version", "10.16",
-                                                   "--name-map", path, "-o", out],
+        names.case(f"{i:02d}-{kind}",
+                   lambda out, path=path: ["calibrate", "cache", good_ranges, "--trt-version", "10.16",
+                                           "--name-map", path, "-o", out],
                    input_ok=valid, check_output=_reads_as(read_cache_independently), out_name="calib.cache")
-        names.case(f"{i:02d}-{kind}-ranges", lambda out: ["calibrate", "qat", FIXTURE.parent / "qat_qdq.onnx",
-                                                          "--name-map", path, "-o", out],
+        names.case(f"{i:02d}-{kind}-ranges",
+                   lambda out, path=path: ["calibrate", "qat", FIXTURE.parent / "qat_qdq.onnx", "--name-map", path,
+                                           "-o", out],
                    input_ok=False if valid is False else None, check_output=_reads_as(read_ranges_independently),
                    out_name="ranges.json")
+    names.check_deterministic()
     names.check()
 
 
@@ -578,7 +604,8 @@ def test_squad_files(work, side, tiny_onnx):
     for i, (kind, data, valid) in enumerate(squad_cases(rng, N_SIDE)):
         path = _write(folder, f"squad-{i:02d}.json", data)
         # The zoo's tiny model: BERT's vocabulary (the export's is smaller), sequence 128.
-        squad.case(f"{i:02d}-{kind}", lambda out: ["squad", "--onnx", tiny_onnx, "--squad-json", path, "-o", out],
+        squad.case(f"{i:02d}-{kind}",
+                   lambda out, path=path: ["squad", "--onnx", tiny_onnx, "--squad-json", path, "-o", out],
                    input_ok=valid, check_output=_reads_as(lambda p: json.loads(p.read_text())),
                    out_name="predictions.json")
     squad.check()
