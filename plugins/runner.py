@@ -63,6 +63,7 @@ class ReferenceRunner:
         info = GraphInfo.of(model)
         self._check(info)
         self.steps = self._partition(info)
+        self._release = self._last_uses()
 
     # -------------------------------------------------------------- setup
 
@@ -112,6 +113,19 @@ class ReferenceRunner:
                 needed_later |= {i for i in step.inputs if i}
         return steps
 
+    def _last_uses(self) -> list[list[str]]:
+        """For each step, the tensors no later step nor the graph's outputs read: dropped once it has run,
+        so a run holds only the activations still needed (BERT-Large at seq 384 would hold gigabytes)."""
+        keep = set(self.output_names)
+        seen: set[str] = set()
+        release = []
+        for step in reversed(self.steps):
+            reads = step.inputs if isinstance(step, Segment) else [i for i in step.inputs if i]
+            made = step.outputs if isinstance(step, Segment) else [o for o in step.outputs if o]
+            release.append([t for t in dict.fromkeys([*reads, *made]) if t not in seen and t not in keep])
+            seen.update(reads)
+        return release[::-1]
+
     def _is_input(self, name: str) -> bool:
         return any(vi.name == name for vi in self.input_infos)
 
@@ -156,13 +170,14 @@ class ReferenceRunner:
             if vi.name not in feeds:
                 raise BertrtError(f"no value given for graph input '{vi.name}'", self.path)
             env[vi.name] = np.asarray(feeds[vi.name])
-        for step in self.steps:
+        for step, release in zip(self.steps, self._release):
             if isinstance(step, Segment):
-                if not step.outputs:
-                    continue
-                sess = self._session(step, env)
-                outs = sess.run(step.outputs, {i: env[i] for i in step.inputs})
-                env.update(zip(step.outputs, outs))
+                if step.outputs:
+                    sess = self._session(step, env)
+                    outs = sess.run(step.outputs, {i: env[i] for i in step.inputs})
+                    env.update(zip(step.outputs, outs))
             else:
                 env.update(step([self._value(i, env) if i else None for i in step.inputs]))
+            for name in release:
+                env.pop(name, None)
         return {name: self._value(name, env) for name in self.output_names}
