@@ -19,7 +19,8 @@ def model_options(func):
     @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
                   help="An ONNX model: canonical (ONNX Runtime) or fused (bertrt's CPU reference).")
     @click.option("--amax", "amax_path", type=click.Path(dir_okay=False), default=None,
-                  help="JSON {tensor: amax} for plugin nodes running in INT8 on the CPU reference.")
+                  help="JSON {tensor: amax} (a TensorRT 10 calibration table): the CPU reference runs the INT8 "
+                       "plugins and every GEMM with ranges in INT8, as TensorRT 10 would.")
     @functools.wraps(func)
     def wrapper(*args, engine, onnx_path, amax_path, **kwargs):
         if (engine is None) == (onnx_path is None):
