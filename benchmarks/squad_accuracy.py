@@ -148,7 +148,7 @@ class Model:
 
     def backend(self, row: str):
         """The backend a row runs on (see the module text)."""
-        from bertrt.run.backends import OrtBackend, ReferenceBackend, implicit_int8_backend
+        from bertrt.run.backends import OrtBackend, ReferenceBackend
 
         if row == "fp32-ort":
             return OrtBackend(self.canonical())
