@@ -70,6 +70,7 @@ DEMO_QUESTION = "What does TensorRT produce?"
 help:
 	@echo "make demo     set up, then run the minilm model through the whole pipeline and answer a question"
 	@echo "make test     run the test suite"
+	@echo "make test-fast  the suite without the slow tests (real minilm conversion, BERT-Base): about a third of the time"
 	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir | HF=dir | MODEL=minilm-squad]"
 	@echo "              PREC=int8 [SMOOTH=1] [FLOAT_GEMMS=ffn2] [CALIB_METHOD=minmax] [CALIB_JSON=train-v1.1.json]"
 	@echo "              checkpoint -> ONNX -> fused -> compare -> TensorRT engine (the engine needs TensorRT)"
@@ -135,6 +136,7 @@ endif
 test:
 	$(PYTHON) -m pytest -q
 
+# The tests marked slow (README, "Tests") convert the real minilm model or a BERT-Base: ~100 of the ~160 s.
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"
 

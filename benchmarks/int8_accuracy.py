@@ -78,11 +78,13 @@ def main():
     from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model, table
     from bertrt.calibrate.mixed import float_gemm_drops, float_gemms
     from bertrt.calibrate.qdq import insert_qdq
-    from bertrt.calibrate.ranges import apply_name_map
+    from bertrt.ranges import apply_name_map
     from bertrt.calibrate.stats import calibrate
     from bertrt.convert.zoo import vocab_path
     from bertrt.onnx_io import load_model, save_model
+    from bertrt.progress import for_stream
 
+    progress = for_stream(sys.stderr)
     work = Path(args.work or tempfile.mkdtemp(prefix="bertrt-int8-"))
     model = _prepare(work, args.seq)
     targets = args.targets.split(",")
@@ -125,7 +127,7 @@ def main():
     def ranges_of(name, smoothed=None):
         key = (name, None if smoothed is None else tuple(smoothed))
         if key not in cache:
-            cache[key] = calibrate(variant(smoothed)[0], feeds, **METHODS[name], progress=True).amax
+            cache[key] = calibrate(variant(smoothed)[0], feeds, **METHODS[name], progress=progress).amax
         return cache[key]
 
     def int8_rows(label, name, float_groups=(), smoothed=None):

@@ -61,6 +61,12 @@ RECIPES = {  # name -> (smoothed, calibration method, GEMM groups in float)
 MAKE_ENGINE_RECIPE = "smooth-ffn"  # SMOOTH=1, CALIB_METHOD=minmax, FLOAT_GEMMS=ffn1,ffn2 (the Makefile's, real models)
 INT8_ROWS = tuple(f"int8-{r}-{t}" for r in RECIPES for t in ("trt10", "trt11"))
 ALL_ROWS = FLOAT_ROWS + INT8_ROWS
+
+
+def progress():
+    from bertrt.progress import for_stream
+
+    return for_stream(sys.stderr)
 FP16_BOUND, INT8_BOUND = 0.1, 1.0  # F1 points from fp32-ort (the targets)
 
 
@@ -115,7 +121,8 @@ class Model:
             log(f"{self.name}: calibrate smooth ({self.calib_num} train features) -> {path}")
             canonical = load_model(self.canonical())
             skip = float_gemms(canonical, float_groups) if float_groups else []
-            save_model(smooth.apply(canonical, smooth.plan(canonical, self.feeds(), skip_gemms=skip)), path)
+            plan = smooth.plan(canonical, self.feeds(), skip_gemms=skip, progress=progress())
+            save_model(smooth.apply(canonical, plan), path)
         return path
 
     def feeds(self):
@@ -144,7 +151,7 @@ class Model:
         path = self.dir / f"ranges-{source.stem}-{method}.json"
         if not path.exists():
             log(f"{self.name}: calibrate ranges {source.name} ({method}, {self.calib_num} train features)")
-            result = calibrate(source, self.feeds(), method=method, progress=True)
+            result = calibrate(source, self.feeds(), method=method, progress=progress())
             path.write_text(json.dumps(result.amax, indent=1, sort_keys=True) + "\n")
         return json.loads(path.read_text())
 
@@ -218,7 +225,7 @@ def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batc
     backend = model.backend(row)
     log(f"{model.name} {row}: {backend!r}")
     start = time.perf_counter()
-    logits = feature_logits(backend, flat, seq=SEQ, batch=batch, progress=True, label=f"{model.name} {row}")
+    logits = feature_logits(backend, flat, seq=SEQ, batch=batch, progress=progress(), label=f"{model.name} {row}")
     texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
     seconds = time.perf_counter() - start
     backend.close()

@@ -1,4 +1,8 @@
-"""The ``bertrt`` command. Stage groups are imported only when used, so ``--help`` stays fast."""
+"""The ``bertrt`` command. Stage groups are imported only when used, so ``--help`` stays fast.
+
+This is the click boundary: a library error (``bertrt.errors.BertrtError``) raised anywhere below becomes one
+line, ``Error: <file>: <problem>; <hint>``, and the error's exit code.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,17 @@ import importlib
 import os
 
 import click
+
+from bertrt.errors import BertrtError
+
+
+class CommandError(click.ClickException):
+    """A library error as click shows it: one line on stderr, the error's exit code."""
+
+    def __init__(self, error: BertrtError):
+        super().__init__(error.message)
+        self.exit_code = error.exit_code
+
 
 # name -> (module, attribute, one-line help). Order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -33,6 +48,12 @@ class StageGroup(click.Group):
         cmd.short_help = cmd.short_help or help_text
         return cmd
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BertrtError as e:
+            raise CommandError(e) from None
+
     def format_commands(self, ctx, formatter):
         with formatter.section("Stages"):  # from the registry: listing them imports nothing heavy
             formatter.write_dl([(name, help_text) for name, (_m, _a, help_text) in COMMANDS.items()])
@@ -48,6 +69,10 @@ def cli():
                                            calibrate (INT8)  compare (CPU reference vs ONNX Runtime)
 
     Every stage reads files and writes files; run `bertrt STAGE --help` for its commands.
+
+    \b
+    Exit status: 0 done; 1 a problem with an input or a failed check (one line naming the file);
+    2 a usage error; 3 a tool the command needs (TensorRT) is not installed here.
     """
 
 

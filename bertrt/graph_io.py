@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -220,6 +221,59 @@ def import_streaming(path) -> gs.Graph:
         if isinstance(t, gs.Constant) and t.name in weights:
             t.values = weights[t.name]
     return graph
+
+
+def read_skeleton(path) -> onnx.ModelProto:
+    """The model's graph inputs and outputs, its nodes' op types and domains and its initializers' names, read
+    without the weights or node attributes: what a command needs to plan from a 2 GB graph, in milliseconds."""
+    import mmap
+
+    from bertrt.errors import BertrtError
+    from bertrt.onnx_io import check_file
+
+    path = check_file(path)
+    model = onnx.ModelProto()
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for field, start, end in _fields(mm, 0, len(mm)):
+                if field == 7:  # ModelProto.graph
+                    _skeleton_graph(mm, start, end, model.graph)
+                elif field == 8:  # ModelProto.opset_import
+                    model.opset_import.add().ParseFromString(mm[start:end])
+    except (ValueError, IndexError, DecodeError) as e:
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+    if not model.graph.node or not model.graph.output:
+        raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    return model
+
+
+def _skeleton_graph(mm, start, end, graph) -> None:
+    for field, s, e in _fields(mm, start, end):
+        if field == 1:  # node: op type and domain only
+            node = graph.node.add()
+            for f, a, b in _fields(mm, s, e):
+                if f == 4:
+                    node.op_type = mm[a:b].decode()
+                elif f == 7:
+                    node.domain = mm[a:b].decode()
+        elif field == 5:  # initializer: its name only
+            init = graph.initializer.add()
+            for f, a, b in _fields(mm, s, e):
+                if f == 8:
+                    init.name = mm[a:b].decode()
+        elif field in (11, 12):  # input, output
+            (graph.input if field == 11 else graph.output).add().ParseFromString(mm[s:e])
+
+
+def _fields(buf, pos: int, end: int):
+    """(field number, value start, value end) of each length-delimited field of the message in buf[pos:end]."""
+    while pos < end:
+        field, wire, pos = _tag(buf, pos)
+        start, pos = _skip(buf, pos, wire)
+        if pos > end:
+            raise ValueError("a field runs past the end of its message")
+        if wire == 2:
+            yield field, start, pos
 
 
 def _varint_at(buf, pos: int) -> tuple[int, int]:

@@ -122,27 +122,11 @@ def _is_noop(node: gs.Node) -> bool:
 
 
 def _bypass(graph: gs.Graph, node: gs.Node) -> bool:
-    src, dst = node.inputs[0], node.outputs[0]
-    if dst in graph.outputs:
-        # The graph output's name must stay: the producer of src writes dst directly instead.
-        if src in graph.inputs or src in graph.outputs or isinstance(src, gs.Constant) or len(src.inputs) != 1:
-            return False
-        producer = src.inputs[0]
-        for consumer in list(src.outputs):
-            if consumer is not node:
-                _replace(consumer.inputs, src, dst)
-        node.inputs.clear()
-        node.outputs.clear()
-        _replace(producer.outputs, src, dst)
-        return True
-    for consumer in list(dst.outputs):
-        _replace(consumer.inputs, dst, src)
+    from bertrt.surgery.graph_utils import replace_uses
+
+    # A graph output keeps its name (the Identity's input takes it); not possible from a graph input or constant.
+    if not replace_uses(graph, node.outputs[0], node.inputs[0]):
+        return False
     node.inputs.clear()
     node.outputs.clear()
     return True
-
-
-def _replace(tensors: list, old: gs.Tensor, new: gs.Tensor) -> None:
-    for i, tensor in enumerate(tensors):
-        if tensor is old:
-            tensors[i] = new

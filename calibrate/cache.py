@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.atomic import write_text
-from bertrt.calibrate.ranges import NameMap, apply_name_map
+from bertrt.ranges import NameMap, apply_name_map
 from bertrt.errors import BertrtError
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")

@@ -8,18 +8,15 @@ from pathlib import Path
 import click
 
 from bertrt.errors import BertrtError
-
-_err = click.get_text_stream("stderr")
-
-
-def _log(msg: str) -> None:
-    click.echo(msg, file=_err)
+from bertrt.options import amax_option, batch_option
+from bertrt.options import log as _log
+from bertrt.options import out_option, report_option, reporter, seq_option, squad_json_option, vocab_option
 
 
 def _name_map(path):
     if path is None:
         return None
-    from bertrt.calibrate.ranges import read_name_map
+    from bertrt.ranges import read_name_map
 
     return read_name_map(path)
 
@@ -31,14 +28,14 @@ def _groups(text):
 def _feed_options(purpose: str):
     """The options that choose the samples (see _feeds), shared by the commands that run the model on them."""
     options = [
-        click.option("--squad-json", type=click.Path(path_type=Path), help=f"SQuAD-format questions to {purpose}."),
-        click.option("--npz-dir", type=click.Path(path_type=Path),
-                     help="Folder of .npz feeds (one array per model input)."),
+        squad_json_option(f"Questions to {purpose}: the first feature of each; or --npz-dir", required=False),
+        click.option("--npz-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder of .npz feeds (one array per model input), instead of --squad-json."),
         click.option("--calib-num", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Number of samples (first feature of each question, or .npz files)."),
-        click.option("--vocab", type=click.Path(path_type=Path), help="vocab.txt for --squad-json [BERT uncased]."),
-        click.option("--seq", type=click.IntRange(min=8),
-                     help="Sequence length, for a model whose sequence axis is free."),
+                     help="Number of samples (first feature of each question, or .npz files); NVIDIA's BERT recipe "
+                          "calibrates on 100."),
+        vocab_option,
+        seq_option,
     ]
 
     def apply(f):
@@ -57,15 +54,12 @@ def _one_source(squad_json, npz_dir):
 def _feeds(proto, model, squad_json, npz_dir, calib_num, vocab, seq):
     """The calibration feeds: the first feature of each SQuAD question, or the .npz files."""
     from bertrt.calibrate import data_source
+    from bertrt.run.tokenization import vocab_or_default
 
     if npz_dir is not None:
         return data_source.npz_feeds(npz_dir, data_source.model_inputs(proto), calib_num)
     seq = data_source.model_seq(proto, model, seq)
-    if vocab is None:
-        from bertrt.convert.zoo import vocab_path
-
-        vocab = vocab_path()
-    return data_source.squad_feeds(squad_json, vocab, seq, calib_num)
+    return data_source.squad_feeds(squad_json, vocab_or_default(vocab), seq, calib_num)
 
 
 _FLOAT_GEMMS_HELP = ("Comma-separated GEMM groups to keep in float (mixed precision): qkv, attn_out, ffn1, ffn2, head. "
@@ -93,26 +87,29 @@ def calibrate():
 @click.option("--method", type=click.Choice(["percentile", "entropy", "minmax"]), default="percentile",
               show_default=True, help="percentile (NVIDIA's BERT recipe) clips the rarest largest values; minmax "
               "keeps them, which a model from `calibrate smooth` needs.")
-@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=99.99, show_default=True,
+              help="With --method percentile: the share of values (in %) each range keeps, NVIDIA's BERT recipe's.")
 @click.option("--gelu-clamp", type=float, default=10.0, show_default=True,
               help="Fix every GELU output's range to +-this value (0: use the measured range).")
-@click.option("--name-map", type=click.Path(path_type=Path),
-              help="JSON canonical tensor name -> fused tensor name, to key the ranges by the fused graph.")
+@click.option("--name-map", type=click.Path(dir_okay=False),
+              help="JSON canonical tensor name -> fused tensor names (bertrt surgery run --name-map), to key the "
+                   "ranges by the fused graph.")
 @click.option("--keep-unmapped", is_flag=True, help=_KEEP_UNMAPPED_HELP)
 @click.option("--float-gemms", "float_groups", default=None,
               help=_FLOAT_GEMMS_HELP + " Here (TensorRT 10 implicit INT8): leaves out the ranges that would let "
                    "TensorRT run them in INT8; only ffn1, ffn2 and head can be.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@out_option("Ranges JSON {tensor: amax} to write.")
 def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_clamp, vocab, seq, name_map,
-               keep_unmapped, float_groups, output):
+               keep_unmapped, float_groups, out):
     """Measure per-tensor INT8 ranges (amax) of a canonical MODEL with ONNX Runtime."""
-    from bertrt.calibrate.ranges import write_ranges
     from bertrt.calibrate.stats import calibrate as run_calibration
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import write_ranges
 
     _one_source(squad_json, npz_dir)
     names = _name_map(name_map)
     proto = load_model(model, load_external_data=False)
+    _log(f"calibrate ranges: {model}, {calib_num} samples, {method}")
     drops = set()
     if float_groups:
         from bertrt.calibrate.mixed import float_gemm_drops
@@ -120,19 +117,20 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
         try:
             drops = float_gemm_drops(proto, _groups(float_groups))
         except BertrtError as e:
-            raise BertrtError(e.problem, e.path or model) from None
+            raise e.at(model) from None
     feeds = _feeds(proto, model, squad_json, npz_dir, calib_num, vocab, seq)
     del proto
     start = time.perf_counter()
-    result = run_calibration(model, feeds, method=method, percentile=percentile, gelu_clamp=gelu_clamp or None)
+    result = run_calibration(model, feeds, method=method, percentile=percentile, gelu_clamp=gelu_clamp or None,
+                             progress=reporter())
     for note in result.notes:
         _log(f"note: {note}")
     amax = {k: v for k, v in result.amax.items() if k not in drops}
     if drops:
         _log(f"left out {len(drops)} ranges so the {float_groups} GEMMs run in float")
-    written = write_ranges(output, amax, names, drop_unmapped=names is not None and not keep_unmapped)
+    written = write_ranges(out, amax, names, drop_unmapped=names is not None and not keep_unmapped)
     _log(f"{len(written)} tensor ranges from {result.samples} samples ({method}) in "
-         f"{time.perf_counter() - start:.1f} s -> {output}")
+         f"{time.perf_counter() - start:.1f} s -> {out}")
 
 
 @calibrate.command("smooth")
@@ -141,10 +139,9 @@ def ranges_cmd(model, squad_json, npz_dir, calib_num, method, percentile, gelu_c
 @click.option("--float-gemms", "float_groups", default=None,
               help="Comma-separated GEMM groups that will stay in float (qkv, attn_out, ffn1, ffn2, head): "
                    "not smoothed. Give the same groups to `ranges` / `qdq`.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path),
-              help="Write what was chosen per GEMM input (alpha, INT8 error before and after) as JSON.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, report_path, output):
+@report_option("Write what was chosen per GEMM input (alpha, INT8 error before and after) as JSON.")
+@out_option("Smoothed ONNX model to write.")
+def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, report_path, out):
     """Smooth the outlier channels of a canonical MODEL's GEMM inputs into the weights (SmoothQuant).
 
     \b
@@ -176,10 +173,11 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 
             skip = float_gemms(proto, _groups(float_groups))
         feeds = _feeds(proto, model, squad_json, npz_dir, calib_num, vocab, seq)
+        _log(f"calibrate smooth: {model}, {len(feeds)} samples")
         start = time.perf_counter()
-        plan = smooth.plan(proto, feeds, skip_gemms=skip)
+        plan = smooth.plan(proto, feeds, skip_gemms=skip, progress=reporter())
     except BertrtError as e:
-        raise BertrtError(e.problem, e.path or model) from None
+        raise e.at(model) from None
     if not plan:
         raise BertrtError("no weight GEMM input to smooth (no MatMul/Gemm with a constant weight"
                           + (", or all of them left in float)" if skip else ")"), model)
@@ -191,7 +189,7 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
              + (f"  left as it is: {p.reason}" if p.reason else ""))
     _log(f"{len(chosen)} of {len(plan)} GEMM inputs smoothed ({len(feeds)} samples, "
          f"{time.perf_counter() - start:.1f} s); error = relative error of the INT8 GEMM on sampled tokens")
-    save_model(smooth.apply(proto, plan), output)
+    save_model(smooth.apply(proto, plan), out)
     if report_path:
         rows = [{"activation": p.activation, "gemms": p.gemms, "alpha": p.alpha,
                  "int8_error_before": None if np.isnan(p.error_before) else p.error_before,
@@ -199,7 +197,7 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
                 for p in plan]
         write_text(report_path, json.dumps({"model": str(model), "samples": len(feeds), "smoothing": rows},
                                            indent=1) + "\n")
-    _log(f"-> {output}")
+    _log(f"-> {out}")
 
 
 @calibrate.command("cache")
@@ -209,35 +207,35 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
                                                 "LegacyCalibration"]),
               default="EntropyCalibration2", show_default=True,
               help="Algorithm named in the header; TensorRT reuses a cache only for the same calibrator type.")
-@click.option("--name-map", type=click.Path(path_type=Path),
-              help="JSON canonical tensor name -> fused tensor name.")
+@click.option("--name-map", type=click.Path(dir_okay=False),
+              help="JSON canonical tensor name -> fused tensor names (bertrt surgery run --name-map).")
 @click.option("--keep-unmapped", is_flag=True, help=_KEEP_UNMAPPED_HELP)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, output):
-    """Write a ranges file as a TensorRT calibration cache (scale = amax / 127)."""
+@out_option("TensorRT calibration cache to write.")
+def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, out):
+    """Write RANGES (a ranges JSON, bertrt calibrate ranges) as a TensorRT calibration cache (scale = amax / 127)."""
     from bertrt.calibrate.cache import write_cache
-    from bertrt.calibrate.ranges import read_ranges
+    from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges)
     names = _name_map(name_map)
-    text = write_cache(output, amax, trt_version, algorithm, names,
+    text = write_cache(out, amax, trt_version, algorithm, names,
                        drop_unmapped=names is not None and not keep_unmapped)
-    _log(f"{text.splitlines()[0]}: {len(text.splitlines()) - 1} tensors -> {output}")
+    _log(f"{text.splitlines()[0]}: {len(text.splitlines()) - 1} tensors -> {out}")
 
 
 @calibrate.command("qdq")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--ranges", "ranges_path", type=click.Path(path_type=Path), required=True,
-              help="Ranges keyed by MODEL's tensor names.")
+@click.option("--ranges", "ranges_path", type=click.Path(dir_okay=False), required=True,
+              help="Ranges JSON {tensor: amax} keyed by MODEL's tensor names (bertrt calibrate ranges).")
 @click.option("--skip", multiple=True, help="GEMM node to leave in float (repeatable).")
 @click.option("--float-gemms", "float_groups", default=None, help=_FLOAT_GEMMS_HELP)
 @click.option("--allow-missing", is_flag=True, help="Leave GEMMs whose input has no range in float.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, output):
+@out_option("Q/DQ ONNX model to write.")
+def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
     """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs."""
     from bertrt.calibrate.qdq import insert_qdq
-    from bertrt.calibrate.ranges import read_ranges
     from bertrt.onnx_io import load_model, save_model
+    from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges_path)
     proto = load_model(model)
@@ -246,51 +244,49 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, output):
             from bertrt.calibrate.mixed import float_gemms
 
             skip = [*skip, *float_gemms(proto, _groups(float_groups))]
-        out, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
+        quantized, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
     except BertrtError as e:
-        raise BertrtError(e.problem, e.path or model) from None
+        raise e.at(model) from None
     if not report.quantized:
         raise BertrtError("no GEMM with a constant weight to quantize", model)
     for node, why in report.skipped.items():
         _log(f"left in float: {node}: {why}")
-    save_model(out, output)
-    _log(f"{len(report.quantized)} GEMMs quantized ({len(report.activations)} activations) -> {output}")
+    save_model(quantized, out)
+    _log(f"{len(report.quantized)} GEMMs quantized ({len(report.activations)} activations) -> {out}")
 
 
 @calibrate.command("qat")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--name-map", type=click.Path(path_type=Path), help="JSON tensor name -> name in the target graph.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def qat_cmd(model, name_map, output):
+@click.option("--name-map", type=click.Path(dir_okay=False),
+              help="JSON tensor name -> names in the fused graph (bertrt surgery run --name-map).")
+@out_option("Ranges JSON {tensor: amax} to write.")
+def qat_cmd(model, name_map, out):
     """Ranges of a Q/DQ (QAT) MODEL from its own scales: amax = scale x 127."""
     from bertrt.calibrate.qat import qat_ranges
-    from bertrt.calibrate.ranges import write_ranges
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import write_ranges
 
     result = qat_ranges(load_model(model), model)
     for note in result.notes:
         _log(f"note: {note}")
     names = _name_map(name_map)
     # With a map, only the tensors the fused graph has: a cache must name nothing else.
-    written = write_ranges(output, result.amax, names, drop_unmapped=names is not None)
-    _log(f"{len(written)} activation ranges -> {output}")
+    written = write_ranges(out, result.amax, names, drop_unmapped=names is not None)
+    _log(f"{len(written)} activation ranges -> {out}")
 
 
 @calibrate.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@click.option("--squad-json", type=click.Path(path_type=Path), required=True,
-              help="SQuAD-format questions with answers to evaluate on (dev questions the ranges were not "
-                   "calibrated on).")
-@click.option("--amax", "amax_path", type=click.Path(path_type=Path),
-              help="Ranges keyed by CANDIDATE's tensor names: scales of its INT8 plugins, and INT8 for its weight "
-                   "GEMMs that have ranges on their input and output (as TensorRT 10 implicit INT8 runs them) "
-                   "unless --plugins-only.")
+@squad_json_option("Questions with answers to evaluate on (dev questions the ranges were not calibrated on)")
+@amax_option("Ranges keyed by CANDIDATE's tensor names: scales of its INT8 plugins, and INT8 for its weight GEMMs "
+             "that have ranges on their input and output (as TensorRT 10 implicit INT8 runs them) unless "
+             "--plugins-only.")
 @click.option("--plugins-only", is_flag=True, help="With --amax: only INT8 plugins read it; GEMMs stay as they are.")
 @click.option("--num", type=click.IntRange(min=1), default=100, show_default=True, help="Number of questions.")
-@click.option("--vocab", type=click.Path(path_type=Path), help="vocab.txt [BERT uncased].")
-@click.option("--seq", type=click.IntRange(min=8), help="Sequence length, for a MODEL whose sequence axis is free.")
-@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Features per run.")
+@vocab_option
+@seq_option
+@batch_option
 @click.option("--check", is_flag=True, help="Exit 1 unless both cosines are >= --min-cos, both agreements "
               ">= --min-agree and (with --max-f1-drop) the F1 drop is within it.")
 @click.option("--max-f1-drop", type=click.FloatRange(min=0), default=None,
@@ -299,9 +295,9 @@ def qat_cmd(model, name_map, output):
               help="Cosine target for --check.")
 @click.option("--min-agree", type=click.FloatRange(0, 1), default=0.90, show_default=True,
               help="Argmax agreement target for --check (a share: 0.9 = 90%).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the scores as JSON.")
+@out_option("Scores JSON to write (EM/F1 of both, F1 drop, cosines, agreements, counts).", required=False)
 def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, vocab, seq, batch, check, max_f1_drop,
-                 min_cos, min_agree, output):
+                 min_cos, min_agree, out):
     """Accuracy of CANDIDATE (a fused INT8 or Q/DQ graph, on the CPU reference) against the FP32 canonical
     MODEL (on ONNX Runtime) on the first --num questions: SQuAD v1.1 exact match and F1 of both (every feature
     of each question) and the F1 drop; as diagnostics, the cosine of the start and end logits over the first
@@ -312,15 +308,13 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     from bertrt.atomic import write_text
     from bertrt.calibrate import data_source
     from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model, table
-    from bertrt.calibrate.ranges import read_ranges
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import read_ranges
+    from bertrt.run.tokenization import vocab_or_default
 
     seq = data_source.model_seq(load_model(model, load_external_data=False), model, seq)
-    if vocab is None:
-        from bertrt.convert.zoo import vocab_path
-
-        vocab = vocab_path()
-    samples = eval_samples(squad_json, vocab, seq, num, answers=True)
+    samples = eval_samples(squad_json, vocab_or_default(vocab), seq, num, answers=True)
+    _log(f"calibrate evaluate: {candidate} against {model} on {len(samples)} questions")
     amax = read_ranges(amax_path) if amax_path else None
     kind = ["as given"]
 
@@ -335,12 +329,12 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
         return cand
 
     try:
-        result = evaluate(model, make_candidate, samples, amax=amax, batch=batch)
+        result = evaluate(model, make_candidate, samples, amax=amax, batch=batch, progress=reporter())
     except BertrtError as e:
-        raise BertrtError(e.problem, e.path or candidate) from None
+        raise e.at(candidate) from None
     click.echo(table([(Path(candidate).name, kind[0], result)]))
-    if output:
-        write_text(output, json.dumps(result.summary(), indent=1, sort_keys=True) + "\n")
+    if out:
+        write_text(out, json.dumps(result.summary(), indent=1, sort_keys=True) + "\n")
     if check and not result.meets(min_cos, min_agree, max_f1_drop):
         bound = f" and an F1 drop <= {max_f1_drop}" if max_f1_drop is not None else ""
         _log(f"below the targets: cosine >= {min_cos} and agreement >= {min_agree:.0%} (start and end){bound}; "

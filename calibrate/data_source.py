@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
+from bertrt.contract import CANONICAL_INPUTS, resolve_seq
 from bertrt.errors import BertrtError
-from bertrt.run.features import DOC_STRIDE, INPUT_NAMES, MAX_QUERY_LENGTH, example_features, stack_features
+from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, example_features, stack_features
 from bertrt.run.squad_data import read_squad
 from bertrt.run.tokenization import load_tokenizer
 
@@ -37,9 +38,9 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, list]:
 
 
 def model_seq(model: onnx.ModelProto, path: str | os.PathLike = "<model>", seq: int | None = None) -> int:
-    """The sequence length to calibrate at: the model's fixed one, or ``seq`` for a model with a free axis."""
+    """The sequence length to calibrate at: the model's fixed one, else ``seq``, else ``DEFAULT_SEQ``."""
     inputs = model_inputs(model)
-    missing = [n for n in INPUT_NAMES if n not in inputs]
+    missing = [n for n in CANONICAL_INPUTS if n not in inputs]
     if missing:
         raise BertrtError(f"not a canonical BERT model: no input {', '.join(missing)} "
                           f"(inputs: {', '.join(inputs) or 'none'}); convert it with `bertrt convert` first", path)
@@ -47,13 +48,7 @@ def model_seq(model: onnx.ModelProto, path: str | os.PathLike = "<model>", seq: 
     fixed = shape[1] if len(shape) == 2 else None
     if len(shape) != 2:
         raise BertrtError(f"input_ids has rank {len(shape)}, expected [batch, seq]", path)
-    if fixed is not None:
-        if seq is not None and seq != fixed:
-            raise BertrtError(f"the model's sequence length is {fixed}, not {seq}", path)
-        return fixed
-    if seq is None:
-        raise BertrtError("the model's sequence axis is free; give the sequence length to calibrate at (--seq)", path)
-    return seq
+    return resolve_seq(fixed, seq, path)
 
 
 def first_features(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int, *,

@@ -35,6 +35,7 @@ from bertrt.calibrate.tensors import GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
 from bertrt.plugins.nodes import TYPE_INT8, is_plugin_node, read_scalar_attrs
+from bertrt.progress import Progress
 from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, Feature, examples_features
 from bertrt.run.squad_data import read_squad
 from bertrt.run.tokenization import load_tokenizer
@@ -179,7 +180,7 @@ def _has_int8_plugins(model: onnx.ModelProto) -> bool:
 
 
 def evaluate(reference: str | os.PathLike, candidate, samples: EvalSet, *, amax: Mapping[str, float] | None = None,
-             batch: int = 8, progress: bool = True, label: str = "evaluating") -> Evaluation:
+             batch: int = 8, progress: Progress | None = None, label: str = "calibrate evaluate") -> Evaluation:
     """Scores of ``candidate`` (a model, its path, or a function that makes it; run on the reference runner
     with ``amax`` for its INT8 plugins) against the canonical model at ``reference`` (run on ONNX Runtime) over
     ``samples``, ``batch`` features at a time. The original runs first and is closed before the candidate is

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -37,6 +36,7 @@ from bertrt.calibrate.qdq import QMAX, symmetric_scale
 from bertrt.calibrate.tensors import GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, model_bytes, save_model
+from bertrt.progress import Progress, iterate
 
 ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 SAMPLE_TOKENS = 1024  # tokens per activation kept for choosing alpha (all of them are used for the channel max)
@@ -117,7 +117,7 @@ def choose(stats: _Stats, w: np.ndarray,
 
 
 def channel_stats(model: onnx.ModelProto, feeds: list[Feed], activations: list[str], *,
-                  tokens: int = SAMPLE_TOKENS, seed: int = 0, progress: bool = True) -> dict[str, _Stats]:
+                  tokens: int = SAMPLE_TOKENS, seed: int = 0, progress: Progress | None = None) -> dict[str, _Stats]:
     """Per-channel max |x| of each activation over every position of every feed (padding included, as the
     per-tensor calibration sees it), and ``tokens`` rows sampled evenly over the feeds (fixed seed)."""
     if not feeds:
@@ -139,23 +139,22 @@ def channel_stats(model: onnx.ModelProto, feeds: list[Feed], activations: list[s
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
-        with click.progressbar(feeds, label="channel statistics", file=click.get_text_stream("stderr"),
-                               hidden=not progress) as bar:
-            for feed in bar:
-                outs = session.run(activations, feed)
-                pick = None
-                for name, out in zip(activations, outs):
-                    flat = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])
-                    m = np.max(np.abs(flat), axis=0).astype(np.float64)
-                    absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
-                    if pick is None or len(pick) > len(flat):
-                        pick = np.sort(rng.choice(len(flat), size=min(per_feed, len(flat)), replace=False))
-                    rows[name].append(flat[pick])
+        for feed in iterate(progress, feeds, "calibrate smooth: channel statistics", "samples"):
+            outs = session.run(activations, feed)
+            pick = None
+            for name, out in zip(activations, outs):
+                flat = np.asarray(out, dtype=np.float32).reshape(-1, out.shape[-1])
+                m = np.max(np.abs(flat), axis=0).astype(np.float64)
+                absmax[name] = m if name not in absmax else np.maximum(absmax[name], m)
+                if pick is None or len(pick) > len(flat):
+                    pick = np.sort(rng.choice(len(flat), size=min(per_feed, len(flat)), replace=False))
+                rows[name].append(flat[pick])
     return {a: _Stats(absmax[a], np.concatenate(rows[a])[:tokens]) for a in activations}
 
 
 def plan(model: onnx.ModelProto, feeds: list[Feed], *, skip_gemms: Iterable[str] = (),
-         alphas: Iterable[float] = ALPHAS, tokens: int = SAMPLE_TOKENS, progress: bool = True) -> list[Smoothing]:
+         alphas: Iterable[float] = ALPHAS, tokens: int = SAMPLE_TOKENS,
+         progress: Progress | None = None) -> list[Smoothing]:
     """Decide the smoothing of every weight GEMM input of ``model`` (except GEMMs in ``skip_gemms``, which stay
     in float), in graph order."""
     index = GraphIndex(model)
@@ -177,7 +176,7 @@ def plan(model: onnx.ModelProto, feeds: list[Feed], *, skip_gemms: Iterable[str]
     wanted = [a for a in readers if a not in refused]
     stats = channel_stats(model, feeds, wanted, tokens=tokens, progress=progress) if wanted else {}
     out = []
-    for act, nodes in readers.items():
+    for act, nodes in iterate(progress, readers.items(), "calibrate smooth: choosing alpha", "GEMM inputs"):
         names = [n.name for n in nodes]
         if act in refused:
             out.append(Smoothing(act, names, None, float("nan"), float("nan"), reason=refused[act]))

@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 from onnx import TensorProto, helper
 from onnxruntime.quantization.calibrate import (
@@ -29,6 +28,7 @@ from bertrt.calibrate.data_source import Feed, FeedReader
 from bertrt.calibrate.tensors import select_tensors
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
+from bertrt.progress import Progress, iterate, task
 
 METHODS = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
            "minmax": CalibrationMethod.MinMax}
@@ -94,7 +94,7 @@ def _make_calibrator(method: str, model_path: Path, augmented: Path, tensors, pe
 
 def calibrate(model_path: str | os.PathLike, feeds: list[Feed], *, method: str = "percentile",
               percentile: float = DEFAULT_PERCENTILE, gelu_clamp: float | None = DEFAULT_GELU_CLAMP,
-              tensors: dict[str, str] | None = None, progress: bool = True) -> Calibration:
+              tensors: dict[str, str] | None = None, progress: Progress | None = None) -> Calibration:
     """amax of each chosen tensor of the model at ``model_path`` over ``feeds`` (one collect call per feed).
 
     ``tensors`` (name -> role) defaults to ``select_tensors`` of the model. With ``gelu_clamp``, every
@@ -116,18 +116,16 @@ def calibrate(model_path: str | os.PathLike, feeds: list[Feed], *, method: str =
     external = model_bytes(model) >= EXTERNAL_DATA_THRESHOLD
 
     with tempfile.TemporaryDirectory(prefix="bertrt-calib-") as tmp:
-        # A private copy: onnxruntime writes shape-inferred and augmented models beside the file it reads.
-        work = Path(tmp) / "model.onnx"
-        save_model(model, work, external_data=external)
-        del model
-        cal = _make_calibrator(method, work, Path(tmp) / "augmented.onnx", tensors, percentile, external)
-        with click.progressbar(length=len(feeds), label=f"calibrating ({method})",
-                               file=click.get_text_stream("stderr"), hidden=not progress) as bar:
-            for feed in feeds:
-                with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per call
-                    cal.collect_data(FeedReader([feed]))
-                bar.update(1)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with task(progress, f"calibrate ranges: preparing {len(tensors)} tensors for ONNX Runtime"):
+            # A private copy: onnxruntime writes shape-inferred and augmented models beside the file it reads.
+            work = Path(tmp) / "model.onnx"
+            save_model(model, work, external_data=external)
+            del model
+            cal = _make_calibrator(method, work, Path(tmp) / "augmented.onnx", tensors, percentile, external)
+        for feed in iterate(progress, feeds, f"calibrate ranges ({method})", "samples"):
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per call
+                cal.collect_data(FeedReader([feed]))
+        with contextlib.redirect_stdout(io.StringIO()), task(progress, f"calibrate ranges: computing {method} ranges"):
             data = cal.compute_data()
         del cal
 

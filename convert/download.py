@@ -14,10 +14,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from bertrt.atomic import atomic_dir, atomic_path
 from bertrt.errors import BertrtError
+from bertrt.progress import Progress, task
 
 NGC_BASE_URL = "https://api.ngc.nvidia.com/v2/models/nvidia"
 SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
@@ -60,7 +59,7 @@ def url_of(base_url: str, item: RemoteFile) -> str:
     return f"{base_url.rstrip('/')}/{item.path}"
 
 
-def fetch(url: str, dest: Path, sha256: str | None = None, progress: bool = False) -> str:
+def fetch(url: str, dest: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
     """Stream url into dest (atomically); its sha256. A BertrtError naming the URL for any failure."""
     digest = hashlib.sha256()
     try:
@@ -68,14 +67,12 @@ def fetch(url: str, dest: Path, sha256: str | None = None, progress: bool = Fals
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             received = 0
-            with open(tmp, "wb") as out, click.progressbar(
-                    length=total or 0, label=dest.name, file=click.get_text_stream("stderr"),
-                    hidden=not progress or not total) as bar:
+            with open(tmp, "wb") as out, task(progress, f"download {dest.name}", total, "bytes") as advance:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
-                    bar.update(len(chunk))
+                    advance(len(chunk))
             if total is not None and received != total:
                 raise BertrtError(f"connection closed after {received} of {total} bytes", url)
             if sha256 is not None and digest.hexdigest() != sha256:
@@ -104,7 +101,7 @@ def _unzip(zip_path: Path, folder: Path, url: str) -> None:
         raise BertrtError("the download is not a zip archive", url) from None
 
 
-def download(name: str, out_dir, *, base_url: str | None = None, progress: bool = False) -> list[Path]:
+def download(name: str, out_dir, *, base_url: str | None = None, progress: Progress | None = None) -> list[Path]:
     """Download item ``name`` (see ITEMS) into out_dir; the paths written (files, or checkpoint folders)."""
     if name not in ITEMS:
         raise BertrtError(f"unknown download {name!r}; known: {', '.join(ITEMS)}")

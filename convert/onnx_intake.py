@@ -1,28 +1,40 @@
-"""Any exporter's BERT ONNX (PyTorch legacy or dynamo, Hugging Face, QAT Q/DQ) -> the canonical contract.
+"""Any exporter's BERT ONNX (PyTorch legacy or dynamo, Hugging Face, keras2onnx, QAT Q/DQ) -> the canonical contract.
 
 The canonical model has inputs ``input_ids``, ``segment_ids``, ``input_mask`` (int32 [batch, seq])
 and output ``logits`` (float32 [batch, seq, 2]) or, for an encoder without a QA head,
-``hidden_states`` ([batch, seq, hidden]). Only the edges change: inputs are renamed and, where the
-model consumes another dtype, a Cast from int32 feeds the old consumers; separate start/end logits
-are joined with Unsqueeze + Concat. The inside of the graph is left as the exporter wrote it, so
-the converted model computes exactly what the source does.
+``hidden_states`` ([batch, seq, hidden]), at opset 17 or above. The steps:
+
+1. the source must pass onnx.checker and be exported for inference (one line naming the problem otherwise);
+2. opsets below 17 are raised to 17 by onnx.version_converter, and the Softmax wrapper it leaves is
+   unwrapped where it is a plain last-axis Softmax (convert/onnx_upgrade.py); every node gets a unique name;
+3. the edges change: inputs are renamed and, where the model consumes another dtype, a Cast from int32
+   feeds the old consumers; separate start/end logits are joined with Unsqueeze + Concat; with ``seq``
+   the sequence axis is fixed. Declared output shapes are not trusted (PyTorch 1.x declared the traced
+   length): they are inferred again from the inputs;
+4. the result runs once on ONNX Runtime before it is written (convert/onnx_check.py).
+
+The inside of the graph is left as the exporter wrote it, so the converted model computes exactly what
+the source does.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS as INPUTS
+from bertrt.convert.onnx_check import check_inference_mode, check_source, run_once, source_output_shapes
+from bertrt.convert.onnx_upgrade import default_opset, name_nodes, unwrap_softmax, upgrade
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import EXTERNAL_DATA_THRESHOLD, load_model, model_bytes, save_model
 from bertrt.sanitize import QDQ_OPS, import_with_shapes, sanitize
 
-INPUTS = ("input_ids", "segment_ids", "input_mask")
 # Names exporters and model hubs give the three inputs (compared lower-case, without a ':0' suffix).
 INPUT_ALIASES = {
     "input_ids": {"input_ids", "input_word_ids", "word_ids", "token_ids", "ids", "tokens"},
@@ -36,21 +48,43 @@ ID_PASSTHROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatte
 # Ops between a constant embedding table and its Gather (a quantized table comes through DequantizeLinear).
 TABLE_PRODUCERS = {"Constant", "DequantizeLinear", "Identity", "Cast"}
 POOLER_WORDS = ("pool",)
+# Ops whose output says nothing of their input's values (only its shape): positions come from these.
+SHAPE_OPS = {"Shape", "Size"}
 
 
-def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
-    """Write ``src`` onto the canonical contract at ``dst``; return what was renamed, cast, joined."""
+def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, start_logits: str | None = None,
+                 end_logits: str | None = None, logits: str | None = None, seq: int | None = None) -> dict:
+    """Write ``src`` onto the canonical contract at ``dst``; return what was renamed, cast, joined.
+
+    ``start_logits``/``end_logits`` (both) or ``logits`` name the outputs to take when their names do not
+    say it; every other output is dropped. ``seq`` fixes a free sequence axis at that length.
+    """
     src, dst = Path(src), Path(dst)
+    pick = _output_choice(start_logits, end_logits, logits, src)
     model = load_model(src)
+    check_source(model, src)
+    check_inference_mode(model, src)
     nodes_before = len(model.graph.node)
     qdq_before = _count_qdq(model)
+    model, opset_before = upgrade(model, src)
+    named = name_nodes(model)
+    _forget_output_shapes(model)
     graph = import_with_shapes(model)
-    opset = _default_opset(model)
+    _run_for_output_shapes(graph, model, src)
+    opset = default_opset(model)
 
-    report = {"renamed": {}, "cast": {}, "joined": [], "added": [], "dropped": [], "output": None}
+    report = {"renamed": {}, "cast": {}, "joined": [], "added": [], "dropped": [], "output": None,
+              "opset": [opset_before, opset], "named": named, "softmax_unwrapped": unwrap_softmax(graph),
+              "seq": None}
     found = _match_inputs(graph, src)
     _check_embedding_gather(found["input_ids"], src)
-    output_plan = _match_outputs(graph, src)
+    if seq is not None:
+        report["seq"] = _fix_seq(graph, found, seq, src)
+        fixed = gs.export_onnx(graph)
+        _forget_output_shapes(fixed)
+        graph = import_with_shapes(fixed)  # shapes again, from the fixed length
+        found = _match_inputs(graph, src)
+    output_plan = _match_outputs(graph, src, pick)
 
     _clear_inner_shapes(graph)
     graph.inputs = [_canonical_input(graph, name, found[name], report, src) for name in INPUTS]
@@ -63,13 +97,46 @@ def convert_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         raise BertrtError(f"internal: Q/DQ nodes changed from {qdq_before} to {report['qdq_nodes']}", src)
     report["nodes"] = [nodes_before, len(result.graph.node)]
     report["changes"] = _describe(report)
-    save_model(result, dst)
+    _save_checked(result, dst, src, seq)
     return report
+
+
+def _save_checked(model: onnx.ModelProto, dst: Path, src: Path, seq: int | None) -> None:
+    """Write the model beside dst, run it once from there on ONNX Runtime (no in-memory copy of the weights),
+    then move it in place; nothing is written if it cannot run."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", suffix=".check", dir=dst.parent) as tmp:
+        staged = save_model(model, Path(tmp) / dst.name)
+        run_once(model, src, seq, path=staged)
+        for f in sorted(Path(tmp).iterdir()):
+            os.replace(f, dst.parent / f.name)
+
+
+def _output_choice(start, end, logits, src) -> dict | None:
+    if logits is not None and (start is not None or end is not None):
+        raise BertrtError("name the logits either as one [batch, seq, 2] output or as start and end outputs, "
+                          "not both", src)
+    if (start is None) != (end is None):
+        raise BertrtError("the start and the end logits are named together (both or neither)", src)
+    if start is not None and start == end:
+        raise BertrtError(f"the start and the end logits are both '{start}'", src)
+    if logits is not None:
+        return {"logits": logits}
+    return None if start is None else {"start": start, "end": end}
 
 
 def _describe(report: dict) -> list[str]:
     """One line per change, for the command to print."""
-    lines = [f"renamed {old} -> {new}" for old, new in report["renamed"].items()]
+    lines = []
+    if report["opset"][0] != report["opset"][1]:
+        lines.append(f"opset {report['opset'][0]} -> {report['opset'][1]} (onnx.version_converter)")
+    if report["softmax_unwrapped"]:
+        lines.append(f"{report['softmax_unwrapped']} Softmax(es) over the last axis unwrapped from Flatten/Reshape")
+    if report["named"]:
+        lines.append(f"named {report['named']} node(s) that had no name or a name already taken")
+    if report["seq"] is not None:
+        lines.append(f"sequence fixed at {report['seq']}")
+    lines += [f"renamed {old} -> {new}" for old, new in report["renamed"].items()]
     lines += [f"{name}: int32 at the edge, Cast to {dtype} inside" if name in INPUTS
               else f"{name}: Cast from {dtype} to float32" for name, dtype in report["cast"].items()]
     if report["joined"]:
@@ -77,7 +144,7 @@ def _describe(report: dict) -> list[str]:
     lines += [f"added {name} (the source has no such input; it is not read)" for name in report["added"]]
     lines += [f"dropped output {name}" for name in report["dropped"]]
     lines.append(f"output {report['output']}; {report['qdq_nodes']} Q/DQ nodes kept; "
-                 f"nodes {report['nodes'][0]} -> {report['nodes'][1]} after sanitize")
+                 f"nodes {report['nodes'][0]} -> {report['nodes'][1]} after sanitize; ran once on ONNX Runtime")
     return lines
 
 
@@ -172,7 +239,7 @@ def _canonical_input(graph: gs.Graph, name: str, tensor: gs.Variable | None, rep
 
 # --- outputs ------------------------------------------------------------------------------------------
 
-def _match_outputs(graph: gs.Graph, src: Path) -> dict:
+def _match_outputs(graph: gs.Graph, src: Path, pick: dict | None = None) -> dict:
     """Decide which contract the outputs fit: logits, start/end to join, or encoder hidden states."""
     outs = list(graph.outputs)
     for t in outs:
@@ -180,6 +247,8 @@ def _match_outputs(graph: gs.Graph, src: Path) -> dict:
             raise BertrtError(f"output '{t.name}' is a graph input, not a computed value", src)
         if t.dtype is None or not np.issubdtype(np.dtype(t.dtype), np.floating):
             raise BertrtError(f"output '{t.name}' is {_dtype_name(t.dtype)}, expected floating-point", src)
+    if pick is not None:
+        return _picked_outputs(outs, pick, src)
     ranked = [t for t in outs if t.shape is not None]
     if len(outs) == 1 and len(ranked) == 1 and len(outs[0].shape) == 3 and isinstance(outs[0].shape[2], int):
         kind = "logits" if outs[0].shape[2] == 2 else "hidden_states"
@@ -195,7 +264,28 @@ def _match_outputs(graph: gs.Graph, src: Path) -> dict:
         return {"kind": "hidden_states", "tensors": hidden, "drop": pooled}
     got = ", ".join(f"{t.name} {_shape_text(t.shape)}" for t in outs)
     raise BertrtError(f"outputs fit no contract ({got}); expected logits [batch, seq, 2], start and end "
-                      f"logits [batch, seq] each, or hidden states [batch, seq, hidden]", src)
+                      f"logits [batch, seq] each, or hidden states [batch, seq, hidden]", src,
+                      hint="name the output to take as the logits, or the two to take as the start and end logits")
+
+
+def _picked_outputs(outs: list, pick: dict, src: Path) -> dict:
+    """The outputs the user named (the others are dropped), checked against the contract's ranks."""
+    by_name = {t.name: t for t in outs}
+    for role, name in pick.items():
+        if name not in by_name:
+            raise BertrtError(f"no output named '{name}' (for the {role} logits); outputs are: "
+                              f"{', '.join(by_name)}", src)
+    chosen = [by_name[pick[r]] for r in (("logits",) if "logits" in pick else ("start", "end"))]
+    rank = 3 if "logits" in pick else 2
+    for role, t in zip(pick, chosen):
+        if t.shape is not None and (len(t.shape) != rank or (rank == 3 and t.shape[2] not in (2, None)) or
+                                    (rank == 3 and not isinstance(t.shape[2], int))):
+            want = "[batch, seq, 2]" if rank == 3 else "[batch, seq]"
+            raise BertrtError(f"output '{t.name}' {_shape_text(t.shape)} cannot be the {role} logits: "
+                              f"expected {want}", src)
+    if rank == 3 and chosen[0].shape is None:
+        raise BertrtError(f"output '{chosen[0].name}' has no known shape; expected [batch, seq, 2]", src)
+    return {"kind": "logits", "tensors": chosen, "drop": [t for t in outs if t not in chosen]}
 
 
 def _canonical_output(graph: gs.Graph, plan: dict, opset: int, report: dict) -> gs.Variable:
@@ -235,6 +325,81 @@ def _unsqueeze_last(graph: gs.Graph, tensor: gs.Variable, opset: int) -> gs.Vari
         graph.nodes.append(gs.Node("Unsqueeze", attrs={"axes": [-1]}, inputs=[tensor], outputs=[col]))
     graph.nodes[-1].name = _unique(graph, f"{tensor.name}_unsqueeze")
     return col
+
+
+# --- the sequence axis --------------------------------------------------------------------------------
+
+def _fix_seq(graph: gs.Graph, found: dict, seq: int, src: Path) -> int:
+    """Fix the inputs' sequence axis at ``seq`` (the batch stays as it is)."""
+    if seq < 1:
+        raise BertrtError(f"sequence length {seq} is not positive", src)
+    fixed = {t.shape[1] for t in found.values() if t is not None and isinstance(t.shape[1], int)}
+    if fixed and fixed != {seq}:
+        raise BertrtError(f"the sequence axis is already fixed at {fixed.pop()}; it cannot become {seq}", src)
+    rows = position_rows(graph, [t for t in found.values() if t is not None])
+    if rows is not None and seq > rows:
+        raise BertrtError(f"sequence length {seq} is longer than the position table ({rows} rows)", src)
+    for t in found.values():
+        if t is not None:
+            t.shape = [t.shape[0], seq]
+    return seq
+
+
+def position_rows(graph: gs.Graph, inputs: list | None = None) -> int | None:
+    """Rows of the position-embedding table: the 2-D constant table read (by a Gather or a Slice) at
+    indices that depend on no value of ``inputs`` [default: the graph's] (positions come from the shape
+    alone), or None if there is none (a table already sliced to a fixed length)."""
+    inputs = list(graph.inputs) if inputs is None else inputs
+    rows = [int(_table_rows(n.inputs[0])) for n in graph.nodes
+            if n.op in ("Gather", "Slice") and len(n.inputs) > 1 and _table_rows(n.inputs[0]) is not None
+            and not any(_reads_values(i, inputs) for i in n.inputs[1:])]
+    return max(rows) if rows else None
+
+
+def _table_rows(t: gs.Tensor) -> int | None:
+    if isinstance(t, gs.Constant) and len(t.shape) == 2:
+        return t.shape[0]
+    p = t.inputs[0] if len(t.inputs) == 1 else None
+    if p is not None and p.op == "Constant" and "value" in p.attrs and len(p.attrs["value"].shape) == 2:
+        return p.attrs["value"].shape[0]
+    return None
+
+
+def _reads_values(t: gs.Tensor, inputs: list) -> bool:
+    """Whether t is computed from the values (not only the shape) of one of ``inputs``."""
+    stack, seen = [t], set()
+    while stack:
+        cur = stack.pop()
+        if any(cur is i for i in inputs):
+            return True
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        for p in cur.inputs:
+            if p.op not in SHAPE_OPS:
+                stack.extend(p.inputs)
+    return False
+
+
+def _run_for_output_shapes(graph: gs.Graph, model: onnx.ModelProto, src: Path) -> None:
+    """Where shape inference could not give an output's rank or trailing dims, run the model once to see them
+    (batch and sequence stay symbolic unless the inputs fix them)."""
+    if all(t.shape is not None and all(isinstance(d, int) for d in t.shape[2:]) for t in graph.outputs):
+        return
+    seen = source_output_shapes(model, src)
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in (graph.inputs[0].shape or [None, None])[:2]]
+    for t in graph.outputs:
+        shape = seen.get(t.name)
+        if shape is not None and (t.shape is None or not all(isinstance(d, int) for d in t.shape[2:])):
+            t.shape = [fixed[i] if i < len(fixed) else None for i in range(min(2, len(shape)))] + list(shape[2:])
+
+
+def _forget_output_shapes(model: onnx.ModelProto) -> None:
+    """Drop the declared output shapes (kept: the element type): PyTorch 1.x declared the length it was traced
+    at, e.g. [batch, 128] for a model computing [batch, seq]. Shape inference gives them again from the inputs."""
+    for out in model.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
 
 
 # --- checks and helpers -------------------------------------------------------------------------------
@@ -283,10 +448,6 @@ def _unique(graph: gs.Graph, base: str, exclude: gs.Tensor | None = None) -> str
     return name
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _count_qdq(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if n.op_type in QDQ_OPS)
 
@@ -300,4 +461,7 @@ def _dtype_name(dtype) -> str:
 
 
 def _shape_text(shape) -> str:
-    return "[?]" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+    """[batch, seq, 2]; a dim shape inference could not name (unk__3, None) is '?'."""
+    if shape is None:
+        return "[?]"
+    return "[" + ", ".join("?" if d is None or str(d).startswith("unk__") else str(d) for d in shape) + "]"

@@ -18,11 +18,11 @@ import onnx
 from onnx import numpy_helper
 
 from bertrt.atomic import atomic_path
+from bertrt.contract import CANONICAL_INPUTS, CHECK_SEQ, DEFAULT_SEQ, LOGITS, random_feeds
 from bertrt.convert.canonical_names import canonicalize
 from bertrt.convert.checkpoint import BertConfig, config_path_for, find_prefix, read_weights
 from bertrt.errors import BertrtError
 
-CANONICAL_INPUTS = ("input_ids", "segment_ids", "input_mask")
 CHECK_TOLERANCE = 1e-4  # TF vs ONNX Runtime on the converted graph; a correct conversion sits near 1e-6
 
 
@@ -80,7 +80,7 @@ def _bind_canonical(model: onnx.ModelProto, weights: dict, names: list[str], seq
             rename[inp.name] = names[int(base[len("weight_"):])]
     if len(g.output) != 1:
         raise BertrtError(f"tf2onnx produced {len(g.output)} outputs, expected 1")
-    rename[g.output[0].name] = "logits"
+    rename[g.output[0].name] = LOGITS
 
     for node in g.node:
         for i, n in enumerate(node.input):
@@ -103,7 +103,7 @@ def _bind_canonical(model: onnx.ModelProto, weights: dict, names: list[str], seq
         dims[0].dim_param = "batch"
         if seq is None:
             dims[1].dim_param = "seq"
-    g.output[0].name = "logits"
+    g.output[0].name = LOGITS
     out_dims = g.output[0].type.tensor_type.shape.dim
     del out_dims[:]
     for d in ("batch", seq if seq is not None else "seq", 2):
@@ -123,22 +123,16 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     return sanitize(model)
 
 
-def random_feeds(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Valid BERT inputs: ids in range, segment 0 then 1, a contiguous mask of random length."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (batch, seq), dtype=np.int32)
-    lengths = rng.integers(max(1, seq // 4), seq + 1, batch)
-    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
-    split = np.maximum(lengths // 3, 1)
-    seg = ((np.arange(seq)[None, :] >= split[:, None]) & (mask == 1)).astype(np.int32)
-    return {"input_ids": ids * mask, "segment_ids": seg, "input_mask": mask}
+def check_feeds(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """What TF and ONNX Runtime are compared on: questions and passages of at least a quarter of seq."""
+    return random_feeds(batch, seq, vocab, seed=seed, min_length=seq // 4, segments="split")
 
 
-def convert_checkpoint(checkpoint, out, config=None, seq: int | None = 384, opset: int = 17,
+def convert_checkpoint(checkpoint, out, config=None, seq: int | None = DEFAULT_SEQ, opset: int = 17,
                        check_batch: int = 2, log=print) -> ConvertReport:
     """Convert a Google-layout BERT SQuAD checkpoint to the canonical ONNX model at ``out``.
 
-    ``seq=None`` leaves the sequence axis dynamic (checked at 128 tokens). The ONNX model is checked
+    ``seq=None`` leaves the sequence axis dynamic (checked at CHECK_SEQ tokens). The ONNX model is checked
     against TensorFlow on random inputs before it is moved into place; a mismatch leaves no file.
     """
     if opset < 17:
@@ -147,7 +141,7 @@ def convert_checkpoint(checkpoint, out, config=None, seq: int | None = 384, opse
     cfg_path = config_path_for(checkpoint, config)
     cfg = BertConfig.load(cfg_path)
     if seq is not None and not 1 <= seq <= cfg.max_position_embeddings:
-        raise BertrtError(f"--seq {seq} is outside 1..{cfg.max_position_embeddings} "
+        raise BertrtError(f"sequence length {seq} is outside 1..{cfg.max_position_embeddings} "
                           "(the model's max_position_embeddings)", cfg_path)
     log(f"reading {prefix} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
         f"{cfg.num_attention_heads} heads)")
@@ -158,8 +152,8 @@ def convert_checkpoint(checkpoint, out, config=None, seq: int | None = 384, opse
     log(f"tracing the forward pass and converting with tf2onnx (opset {opset})")
     model, forward = _trace_and_convert(cfg, names, seq, opset)
 
-    check_seq = seq or 128
-    feeds = random_feeds(check_batch, check_seq, cfg.vocab_size)
+    check_seq = seq or CHECK_SEQ
+    feeds = check_feeds(check_batch, check_seq, cfg.vocab_size)
     log(f"running TensorFlow on {check_batch} random sequences of {check_seq} tokens")
     expected = _tf_logits(forward, feeds, weights, names)
     del forward
@@ -193,6 +187,6 @@ def _ort_logits(path, feeds) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
-    out = sess.run(["logits"], feeds)[0]
+    out = sess.run([LOGITS], feeds)[0]
     del sess
     return out

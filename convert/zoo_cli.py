@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bertrt import config
+from bertrt.options import log, out_option, reporter
 
 
 def download_items():
@@ -33,20 +34,20 @@ def list_models():
 
 @zoo.command("make")
 @click.argument("name", type=click.Choice(config.names("models")))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+@out_option("Checkpoint folder to write.", folder=True)
 def make_cmd(name, out):
-    """Write checkpoint NAME to a folder: bert_model.ckpt.*, bert_config.json, vocab.txt."""
+    """Write checkpoint NAME (`bertrt zoo list`) to a folder: bert_model.ckpt.*, bert_config.json, vocab.txt."""
     from bertrt.convert import zoo as zoo_mod
 
     m = config.model(name)
-    click.echo(f"making {name}: {m['weights']}", err=True)
+    log(f"making {name}: {m['weights']}")
     zoo_mod.make(name, out)
     click.echo(f"wrote {out}")
 
 
 @zoo.command("import-hf")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+@out_option("Checkpoint folder to write.", folder=True)
 def import_hf_cmd(folder, out):
     """A Hugging Face BertForQuestionAnswering FOLDER -> a checkpoint in Google's layout (as NGC ships).
 
@@ -59,14 +60,14 @@ def import_hf_cmd(folder, out):
 
     r = import_hf(folder, out)
     c = r.config
-    click.echo(f"read {r.weights_file}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
-               f"{c.num_attention_heads} heads of {c.head_size}", err=True)
+    log(f"read {r.weights_file}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+        f"{c.num_attention_heads} heads of {c.head_size}")
     click.echo(f"wrote {out} ({r.tensors} variables)")
 
 
 @zoo.command("download")
 @click.argument("name", type=click.Choice(list(download_items())))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder to download into.")
+@out_option("Folder to download into.", folder=True)
 @click.option("--base-url", default=None,
               help="Fetch from this base URL instead (a mirror): files are looked up at BASE/<name>, "
                    "checkpoints at BASE/<model>/versions/19.03.1/zip.")
@@ -80,5 +81,5 @@ def download_cmd(name, out, base_url):
     """
     from bertrt.convert.download import download
 
-    for path in download(name, out, base_url=base_url, progress=True):
+    for path in download(name, out, base_url=base_url, progress=reporter()):
         click.echo(f"wrote {path}")

@@ -66,7 +66,7 @@ class PluginExecutor:
     # -------------------------------------------------------------- per plugin
 
     def _emb(self, a):
-        v, ver = self.v, self.spec.version
+        v = self.v
         tables = (v["bert_embeddings_word_embeddings"], v["bert_embeddings_token_type_embeddings"],
                   v["bert_embeddings_position_embeddings"])
         E = v["bert_embeddings_layernorm_beta"].size
@@ -76,13 +76,13 @@ class PluginExecutor:
         ids, seg = np.asarray(a[0]), np.asarray(a[1])
         self._check_ids(ids, word.shape[0], "token id", 0)
         self._check_ids(seg, tok.shape[0], "segment id", 1)
-        if ver in ("1", "6"):
+        if not self.spec.packed(v):
             if ids.shape[0] > pos.shape[0]:
                 raise BertrtError(f"plugin {self.name}: sequence length {ids.shape[0]} exceeds the "
                                   f"{pos.shape[0]} position embeddings")
             return ref.emb_ln_fixed(ids, seg, np.asarray(a[2]), word, tok, pos, gamma, beta, fp16)
         cu = np.asarray(a[2])
-        return ref.emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, fp16, mtron=ver in ("3", "5"))
+        return ref.emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, fp16, mtron=self.spec.pre_ln_output)
 
     def _check_ids(self, ids, n, what, i):
         if ids.size and (ids.min() < 0 or ids.max() >= n):
@@ -90,9 +90,9 @@ class PluginExecutor:
                               f"(min {ids.min()}, max {ids.max()})")
 
     def _qkv(self, a):
-        v, ver = self.v, self.spec.version
+        v = self.v
         N = v["num_heads"]
-        if ver in ("3", "6"):
+        if self.spec.layout == "interleaved":
             explicit = v["use_explicit_int8"] == 1
             s_qkv = v["input_qkv_scale"] if explicit else self.scale(self.inputs[0])
             s_ctx = v["output_ctx_scale"] if explicit else self.scale(self.outputs[0])
@@ -105,21 +105,21 @@ class PluginExecutor:
         s_qkv = self.scale(self.inputs[0]) if t == TYPE_INT8 else None
         s_ctx = self.scale(self.outputs[0]) if t == TYPE_INT8 else None
         x = self._real(a[0], self.inputs[0])
-        if ver in ("2", "5") and v["var_seqlen"] == 1:
+        if self.spec.packed(v):
             return [ref.qkv_varseqlen(x, np.asarray(a[2]), N, t, s_qkv, s_ctx, v["dq_probs"])]
         mask = np.asarray(a[1]) if v["has_mask"] else None
-        if mask is not None and ver in ("1", "4") and mask.ndim == 2 and mask.shape[1] != 1:
+        if mask is not None and self.spec.padded_mask_rank == 2 and mask.ndim == 2 and mask.shape[1] != 1:
             raise BertrtError(f"plugin {self.name}: packed mask [B, {mask.shape[1]}] is GPU-specific; the CPU "
                               "reference needs the maskIdx form [B, 1]")
         return [ref.qkv_fixed(x, N, mask, t, s_qkv, s_ctx, v["dq_probs"])]
 
     def _skip(self, a):
-        v, ver = self.v, self.spec.version
-        if ver in ("3", "4", "7", "8"):
+        v = self.v
+        if self.spec.layout == "interleaved":
             s_in, s_skip = self.scale(self.inputs[0]), self.scale(self.inputs[1])
             s_out = self.scale(self.outputs[0])
             x, skip = self._real(a[0], self.inputs[0]), self._real(a[1], self.inputs[1])
-            mtron = ver in ("4", "8")
+            mtron = self.spec.pre_ln_output
             s_sum = self.scale(self.outputs[1]) if mtron and len(self.outputs) > 1 and self.outputs[1] else None
             if mtron and s_sum is None:
                 return [ref.skip_ln_interleaved(x, skip, v["gamma"], v["beta"], s_in, s_skip, s_out)]

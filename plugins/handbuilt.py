@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS, LOGITS, VOCAB_SIZE
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 
 OPSET = 17
-_INPUTS = ("input_ids", "segment_ids", "input_mask")
 
 
 class _Builder:
@@ -57,7 +58,7 @@ class _Builder:
                        {"axis": -1, "epsilon": float(eps)}, base=base)
 
     def finish(self, inputs, logits) -> onnx.ModelProto:
-        logits.name, logits.dtype, logits.shape = "logits", np.float32, ["batch", "seq", 2]
+        logits.name, logits.dtype, logits.shape = LOGITS, np.float32, ["batch", "seq", 2]
         self.graph.inputs, self.graph.outputs = inputs, [logits]
         self.graph.cleanup().toposort()
         model = gs.export_onnx(self.graph)
@@ -66,7 +67,7 @@ class _Builder:
 
 
 def _inputs():
-    return [gs.Variable(n, dtype=np.int32, shape=["batch", "seq"]) for n in _INPUTS]
+    return [gs.Variable(n, dtype=np.int32, shape=["batch", "seq"]) for n in CANONICAL_INPUTS]
 
 
 def _w(weights, layer, name):
@@ -139,7 +140,7 @@ def fused_bert(weights: dict[str, np.ndarray], num_layers: int, num_heads: int, 
         ("layernorm_beta", "LayerNorm/beta"), ("layernorm_gamma", "LayerNorm/gamma"),
         ("word_embeddings", "word_embeddings"), ("token_type_embeddings", "token_type_embeddings"),
         ("position_embeddings", "position_embeddings"))}
-    b.graph.nodes.append(make_plugin_node(EMB_LAYER_NORM, emb_version, sb, [emb, mask_idx],
+    b.graph.nodes.append(make_plugin_node(get_spec(EMB_LAYER_NORM, emb_version), sb, [emb, mask_idx],
                                           {**fields, "output_fp16": type_id, "mha_type_id": type_id}, name="emb_ln"))
     x5 = emb
     for i in range(num_layers):
@@ -147,45 +148,35 @@ def fused_bert(weights: dict[str, np.ndarray], num_layers: int, num_heads: int, 
         qkv = b.reshape(b.dense(b.reshape(x5, [0, 0, E]), kernel, bias, base=f"l{i}_qkv"), [0, 0, 3 * E, 1, 1])
         ctx = gs.Variable(b.name(f"l{i}_ctx"), dtype=np.float32)
         b.graph.nodes.append(make_plugin_node(
-            QKV_TO_CONTEXT, qkv_version, [qkv, mask_idx], [ctx],
+            get_spec(QKV_TO_CONTEXT, qkv_version), [qkv, mask_idx], [ctx],
             {"type_id": type_id, "hidden_size": E, "num_heads": num_heads, "has_mask": 1}, name=f"l{i}_qkv_to_ctx"))
         att = b.reshape(b.dense(b.reshape(ctx, [0, 0, E]), _w(weights, i, "attention/output/dense/kernel")),
                         [0, 0, E, 1, 1])
-        x5 = _skip(b, skip_version, att, x5, type_id, E, weights, i, "attention/output", f"l{i}_skip1")
+        x5 = _skip(b, skip_version, att, x5, type_id, weights, i, "attention/output", f"l{i}_skip1")
         h = b.gelu(b.dense(b.reshape(x5, [0, 0, E]), _w(weights, i, "intermediate/dense/kernel"),
                            _w(weights, i, "intermediate/dense/bias")))
         out = b.reshape(b.dense(h, _w(weights, i, "output/dense/kernel")), [0, 0, E, 1, 1])
-        x5 = _skip(b, skip_version, out, x5, type_id, E, weights, i, "output", f"l{i}_skip2")
+        x5 = _skip(b, skip_version, out, x5, type_id, weights, i, "output", f"l{i}_skip2")
     logits = b.dense(b.reshape(x5, [0, 0, E]), weights["cls/squad/output_weights"].T,
                      weights["cls/squad/output_bias"], base="squad")
     logits = b.op("Transpose", [logits], {"perm": [1, 0, 2]}, base="logits_BS")
     return b.finish(inputs, logits)
 
 
-def _skip(b, version, x, skip, type_id, E, weights, layer, prefix, name):
+def _skip(b, version, x, skip, type_id, weights, layer, prefix, name):
     out = gs.Variable(b.name(name + "_out"), dtype=np.float32)
     fields = {"type_id": type_id, "beta": _w(weights, layer, f"{prefix}/LayerNorm/beta"),
               "gamma": _w(weights, layer, f"{prefix}/LayerNorm/gamma"),
-              "bias": _w(weights, layer, f"{prefix}/dense/bias")}
-    if str(version) in ("1", "5"):
-        fields["ld"] = E
-    b.graph.nodes.append(make_plugin_node(SKIP_LAYER_NORM, version, [x, skip], [out], fields, name=name))
+              "bias": _w(weights, layer, f"{prefix}/dense/bias")}  # ld, where the version has it, is implied
+    b.graph.nodes.append(make_plugin_node(get_spec(SKIP_LAYER_NORM, version), [x, skip], [out], fields, name=name))
     return out
 
 
-def random_bert_weights(num_layers: int, hidden: int, heads: int, intermediate: int, vocab: int = 30522,
+def random_bert_weights(num_layers: int, hidden: int, heads: int, intermediate: int, vocab: int = VOCAB_SIZE,
                         max_pos: int = 512, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded Google-named weights of any size (std 0.02, LayerNorm gamma near 1)."""
-    from bertrt.convert.checkpoint import BertConfig, required_shapes
+    """Seeded Google-named weights of any size: the zoo's random weights (std 0.02, LayerNorm gamma near 1)."""
+    from bertrt.convert.checkpoint import BertConfig
+    from bertrt.convert.zoo import random_weights
 
     cfg = BertConfig(num_layers, hidden, heads, intermediate, vocab, max_position_embeddings=max_pos)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in sorted(required_shapes(cfg).items()):
-        if name.endswith("gamma"):
-            out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        elif name.endswith("beta"):
-            out[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
-        else:
-            out[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
-    return out
+    return random_weights(cfg, seed, std=0.02)

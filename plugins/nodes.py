@@ -83,15 +83,27 @@ def plugin_version(node) -> str | None:
     return a.value if a is not None and a.kind == "STRING" else None
 
 
-def make_plugin_node(plugin: str, version: int | str, inputs: list, outputs: list, fields: dict,
-                     name: str | None = None, namespace: str = "") -> gs.Node:
-    """An onnx-graphsurgeon plugin node in the ``trt.plugins`` domain.
+def make_plugin_node(spec, inputs: list, outputs: list, fields: dict | None = None, name: str | None = None,
+                     namespace: str = "") -> gs.Node:
+    """An onnx-graphsurgeon node of the plugin version ``spec`` (a ``bertrt.plugins.specs.PluginSpec``), in the
+    ``trt.plugins`` domain.
 
     ``fields`` maps field names to values: Python/numpy ints become INT attributes, floats FLOAT, and
-    numpy arrays TENSOR attributes (keep float32 or float16; they are forwarded as weights). The
+    numpy arrays TENSOR attributes (keep float32 or float16; they are forwarded as weights). Fields the
+    spec implies are filled in when not given (SkipLayerNorm v1/v5's ``ld`` = the length of ``beta``). The
     exporter adds ``trt.plugins`` to the model's opset_import.
     """
-    attrs: dict = {"plugin_version": str(version), "plugin_namespace": namespace}
+    fields = dict(fields or {})
+    for f in spec.fields:
+        if f.implied == "E" and f.name not in fields:
+            E = next((np.asarray(v.values if isinstance(v, gs.Constant) else v).size for k, v in fields.items()
+                      if spec.field(k) is not None and spec.field(k).length == "E"), None)
+            if E is None:
+                raise ValueError(f"{spec.plugin} v{spec.version}: field {f.name} is the hidden size, and no field of "
+                                 "length E tells it")
+            fields[f.name] = E
+    attrs: dict = {"plugin_version": spec.version, "plugin_namespace": namespace}
+    plugin = spec.plugin
     for key, val in fields.items():
         if isinstance(val, (bool, np.bool_)):
             attrs[key] = int(val)

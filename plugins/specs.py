@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from bertrt.plugins.nodes import (EMB_LAYER_NORM, FC, GELU, PLUGIN_DOMAIN, QKV_TO_CONTEXT, SKIP_LAYER_NORM,
@@ -27,6 +28,7 @@ class FieldSpec:
     length: str = "1"  # "1" (scalar), "E", "k*E"
     choices: tuple | None = None
     doc: str = ""
+    implied: str | None = None  # "E": make_plugin_node fills in the hidden size when the field is not given
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class PluginSpec:
+    """One plugin version: its fields, tensors and the facts about it that code branches on.
+
+    Adding a plugin version is one row of ``_TABLE``: the validator, the passes, the CPU reference and
+    ``make_plugin_node`` read these properties, never version strings.
+    """
+
     plugin: str
     version: str
     interface: str  # "IPluginV2DynamicExt" (legacy) or "IPluginV3"
@@ -47,10 +55,24 @@ class PluginSpec:
     fields: tuple[FieldSpec, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    limits: tuple[str, ...] = ()
+    limits: tuple[str, ...] = ()  # what the properties below do not say, in words
     hidden_from: str | None = None  # the field whose value (int) or length (weights) is E
     emitted: bool = True
     why_not: str = ""
+    # "fixed": padded [S, B, ...] tensors; "varseqlen": packed tokens [T, ...]; "interleaved": packed INT8
+    # [1, C, T, 1] CHW32.
+    layout: str = "fixed"
+    layout_field: str | None = None  # a var-seqlen plugin's field that selects the fixed layout when 0
+    hidden_axis: int | None = None  # the axis of input 0 that holds E (None: any shape whose volume E divides)
+    padded_mask_rank: int | None = None  # QKV in the fixed layout: rank of the mask input ([B, P] or [B])
+    fused_head_sizes: tuple[int, ...] = ()  # QKV in the fixed layout: head sizes with fused (FP16/INT8) kernels
+    head_sizes: tuple[int, ...] | None = None  # QKV: the only head sizes it runs
+    max_head_size: int | None = None  # QKV packed: the largest head size it has kernels for
+    max_seq: int | None = None  # the longest sequence it computes (packed: the max_seqlen input's length)
+    int8: str = "type_id"  # how INT8 is chosen: "type_id" (= 2), "only" (INT8 is all it runs) or "none"
+    padded_int8: bool = True  # False: in the fixed layout it runs unfused kernels, which have no INT8
+    int8_seqs: tuple[int, ...] | None = None  # INT8 needs one of these fixed sequence lengths
+    int8_hidden: tuple[int, ...] | None = None  # INT8 needs one of these hidden sizes
 
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -58,6 +80,59 @@ class PluginSpec:
     @property
     def key(self) -> tuple[str, str]:
         return self.plugin, self.version
+
+    @property
+    def int8_only(self) -> bool:
+        return self.int8 == "only"
+
+    @property
+    def pre_ln_output(self) -> bool:
+        """The "MTron" variants: a second output with the sum before the LayerNorm."""
+        return any(t.name == "pre_ln_sum" for t in self.outputs)
+
+    @property
+    def takes_padded(self) -> bool:
+        """Whether it can run on padded [S, B] tensors (fixed layout, or var-seqlen capable with the field 0)."""
+        return self.layout == "fixed" or self.layout_field is not None
+
+    def packed(self, values: dict | None = None) -> bool:
+        """Whether a node with these field values runs on packed tokens [T] (var-seqlen)."""
+        if self.layout_field is not None:
+            field = self.field(self.layout_field)
+            return bool((values or {}).get(self.layout_field, field.default if field else 0))
+        return self.layout != "fixed"
+
+    def int8_problem(self, head_size: int | None = None, seq: int | None = None, hidden: int | None = None,
+                     values: dict | None = None) -> str | None:
+        """Why a node of this version cannot run INT8 with these sizes (None: it can). Unknown sizes pass."""
+        if self.int8 == "none":
+            return f"{self.plugin} v{self.version} has no INT8"
+        if not self.packed(values) and not self.padded_int8:
+            return "the fixed layout runs the unfused path, which has no INT8"
+        if head_size is not None and self.fused_head_sizes and not self.packed(values) \
+                and head_size not in self.fused_head_sizes:
+            return f"INT8 needs head size {_one_of(self.fused_head_sizes)} (the fused kernels), not {head_size}"
+        if seq is not None and self.int8_seqs and not self.packed(values) and seq not in self.int8_seqs:
+            return f"INT8 needs a fixed sequence length of {_one_of(self.int8_seqs)}, not {seq}"
+        if hidden is not None and self.int8_hidden and hidden not in self.int8_hidden:
+            return f"INT8 needs hidden size {_one_of(self.int8_hidden)}, not {hidden}"
+        return None
+
+    def int8_needs(self) -> str:
+        """The INT8 limits in words, for reports ("head size 64 and a fixed sequence of 128 or 384")."""
+        parts = []
+        if self.fused_head_sizes:
+            parts.append(f"head size {_one_of(self.fused_head_sizes)}")
+        if self.int8_seqs:
+            parts.append(f"a fixed sequence of {_one_of(self.int8_seqs)}")
+        if self.int8_hidden:
+            parts.append(f"hidden size {_one_of(self.int8_hidden)}")
+        return " and ".join(parts) or "nothing more"
+
+
+def _one_of(values) -> str:
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 # ---------------------------------------------------------------- EmbLayerNorm (§4.1)
@@ -84,15 +159,15 @@ _EMB_FIXED = dict(
              TensorSpec("mask_idx", 2, "int32", "[B, 1] maskIdx = first zero of the mask (or packed [B, P])")),
     limits=("S <= number of position rows", "ids in [0, V), segments in [0, Tt)",
             "packed mask (P = 512/6144) only on GPU with mha_type_id in {1, 2} and S in {64, 96, 128, 384}"),
-    hidden_from="bert_embeddings_layernorm_beta",
+    hidden_from="bert_embeddings_layernorm_beta", int8="none",
 )
 _EMB_VAR_INPUTS = (TensorSpec("input_ids", 1, "int32", "[T] packed"), TensorSpec("segment_ids", 1, "int32", "[T]"),
                    TensorSpec("cu_seqlens", 1, "int32", "[B + 1] prefix sums"),
                    TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read"))
 _EMB_VAR = dict(fields=_EMB_WEIGHTS + (_OUTPUT_FP16,), inputs=_EMB_VAR_INPUTS,
-                limits=("positions restart at 0 per sequence; positions >= 384 are never computed",
-                        "FP16 or INT8 downstream only; SM 75+"),
-                hidden_from="bert_embeddings_layernorm_beta")
+                limits=("positions restart at 0 per sequence", "FP16 or INT8 downstream only; SM 75+"),
+                hidden_from="bert_embeddings_layernorm_beta", layout="varseqlen", int8="none",
+                max_seq=384)  # positions >= 384 are never computed (§4.1.2)
 _EMB_HFACE_OUT = (TensorSpec("embeddings", 4, "output_fp16", "[T, E, 1, 1]"),
                   TensorSpec("unused", 0, "int32", "0-d, never written"))
 _EMB_MTRON_OUT = (TensorSpec("embeddings", 4, "output_fp16", "[T, E, 1, 1]"),
@@ -113,9 +188,10 @@ _QKV_FIXED = dict(
     inputs=(TensorSpec("qkv", 5, "type_id", "[S, B, 3E, 1, 1], channels per head [N, 3, H]"),
             TensorSpec("mask_idx", 2, "int32", "[B, P]: EmbLN v1/v6 output 1", when="has_mask=1")),
     outputs=(TensorSpec("context", 5, "type_id", "[S, B, E, 1, 1]"),),
-    limits=("INT8 needs has_mask=1, H = 64, static S in {64, 96, 128, 384}",
-            "fused FP16 kernels need H = 64 and S in {64, 96, 128, 384}; otherwise unfused"),
-    hidden_from="hidden_size",
+    limits=("INT8 needs has_mask=1 and the fused kernels", "fused FP16 kernels need S in {64, 96, 128, 384}"),
+    hidden_from="hidden_size", hidden_axis=2, padded_mask_rank=2,
+    # The fused kernels (FP16 and INT8) exist for H = 64 only; INT8 ones for S 128 and 384 on every GPU (§4.2.2).
+    fused_head_sizes=(64,), int8_seqs=(128, 384),
 )
 _QKV_VAR = dict(
     fields=_QKV_COMMON + (
@@ -128,9 +204,9 @@ _QKV_VAR = dict(
             TensorSpec("cu_seqlens", 1, "int32", "[B + 1]", when="var_seqlen=1"),
             TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read", when="var_seqlen=1")),
     outputs=(TensorSpec("context", None, "type_id", "[T, E, 1, 1] or [S, B, E, 1, 1]"),),
-    limits=("var_seqlen=1: type_id FP16 or INT8, has_mask=1, H <= 64, maxS <= 512",
-            "var_seqlen=0: FP32/FP16 only (unfused)"),
-    hidden_from="hidden_size",
+    limits=("var_seqlen=1: type_id FP16 or INT8, has_mask=1", "var_seqlen=0: FP32/FP16 only (unfused)"),
+    hidden_from="hidden_size", layout="varseqlen", layout_field="var_seqlen", hidden_axis=2, padded_mask_rank=1,
+    padded_int8=False, max_head_size=64, max_seq=512,  # kernels for H 32 and 64; maxS > 512 asserts (§4.2.3)
 )
 _QKV_INTERLEAVED = dict(
     fields=(
@@ -146,8 +222,8 @@ _QKV_INTERLEAVED = dict(
             TensorSpec("cu_seqlens", 1, "int32", "[B + 1]"),
             TensorSpec("max_seqlen", 1, "any", "[maxS]; only its shape is read")),
     outputs=(TensorSpec("context", 4, "int8", "[1, E, T, 1] CHW32"),),
-    limits=("INT8 only", "H = 64 (BMM1 scale is hard-coded 1/8)", "maxS <= 384"),
-    hidden_from="hidden_size",
+    limits=("BMM1 scale is hard-coded 1/8, so H = 64",),
+    hidden_from="hidden_size", layout="interleaved", int8="only", head_sizes=(64,), max_seq=384,
 )
 
 # ---------------------------------------------------------------- SkipLayerNorm (§4.3)
@@ -155,33 +231,29 @@ _QKV_INTERLEAVED = dict(
 _SKIP_WEIGHTS = (FieldSpec("beta", "weights", True, length="E"), FieldSpec("gamma", "weights", True, length="E"))
 _SKIP_BIAS = FieldSpec("bias", "weights", False, length="E", doc="added to input + skip")
 _SKIP_FIXED = dict(
-    fields=(_TYPE_ID, FieldSpec("ld", "int32", True, doc="E")) + _SKIP_WEIGHTS + (_SKIP_BIAS,),
+    fields=(_TYPE_ID, FieldSpec("ld", "int32", True, doc="E", implied="E")) + _SKIP_WEIGHTS + (_SKIP_BIAS,),
     inputs=(TensorSpec("input", 5, "type_id", "[S, B, E, 1, 1]"), TensorSpec("skip", 5, "type_id", "[S, B, E, 1, 1]")),
     outputs=(TensorSpec("output", 5, "type_id", "[S, B, E, 1, 1]"),),
-    limits=("INT8 (type_id=2) only for E in {768, 1024}",),
-    hidden_from="ld",
+    hidden_from="ld", hidden_axis=2, int8_hidden=(768, 1024),
 )
 _SKIP_VAR = dict(
     fields=(_TYPE_ID,) + _SKIP_WEIGHTS + (_SKIP_BIAS,),
     inputs=(TensorSpec("input", None, "type_id", "any shape, volume divisible by E; [T, E, 1, 1] in practice"),
             TensorSpec("skip", None, "type_id", "same shape as input")),
     outputs=(TensorSpec("output", None, "type_id", "same shape as input"),),
-    limits=("INT8 (type_id=2) only for E in {768, 1024}",),
-    hidden_from="beta",
+    hidden_from="beta", layout="varseqlen", int8_hidden=(768, 1024),
 )
 _SKIP_IL_IN = (TensorSpec("input", 4, "int8", "[1, E, T, 1] CHW32"), TensorSpec("skip", 4, "int8", "[1, E, T, 1] CHW32"))
-_SKIP_HFACE = dict(fields=_SKIP_WEIGHTS, inputs=_SKIP_IL_IN,
-                   outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),),
-                   limits=("INT8 only", "E in {768, 1024, 1536, 2048}"), hidden_from="beta")
-_SKIP_MTRON = dict(fields=_SKIP_WEIGHTS, inputs=_SKIP_IL_IN,
-                   outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),
-                            TensorSpec("pre_ln_sum", 4, "int8", "[1, E, T, 1] input + skip")),
-                   limits=("INT8 only", "E in {768, 1024, 1536, 2048}"), hidden_from="beta")
+_SKIP_INTERLEAVED = dict(fields=_SKIP_WEIGHTS, inputs=_SKIP_IL_IN, hidden_from="beta", layout="interleaved",
+                         int8="only", hidden_axis=1, int8_hidden=(768, 1024, 1536, 2048))
+_SKIP_HFACE = dict(_SKIP_INTERLEAVED, outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),))
+_SKIP_MTRON = dict(_SKIP_INTERLEAVED, outputs=(TensorSpec("output", 4, "int8", "[1, E, T, 1] CHW32"),
+                                               TensorSpec("pre_ln_sum", 4, "int8", "[1, E, T, 1] input + skip")))
 
 V2, V3 = "IPluginV2DynamicExt", "IPluginV3"
 
 _TABLE = [
-    (EMB_LAYER_NORM, "1", V2, "fixed length", {**_EMB_FIXED, "outputs": _EMB_FIXED["outputs"]}),
+    (EMB_LAYER_NORM, "1", V2, "fixed length", _EMB_FIXED),
     (EMB_LAYER_NORM, "2", V2, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
     (EMB_LAYER_NORM, "3", V2, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}),
     (EMB_LAYER_NORM, "4", V3, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
@@ -220,11 +292,9 @@ _NOT_EMITTED = [
 def _build() -> dict[tuple[str, str], PluginSpec]:
     specs = {}
     for plugin, version, iface, variant, d in _TABLE:
-        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, d["fields"], d["inputs"], d["outputs"],
-                                            d.get("limits", ()), d.get("hidden_from"))
+        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, **d)
     for plugin, version, iface, variant, d, why in _NOT_EMITTED:
-        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, d["fields"], d["inputs"], d["outputs"],
-                                            emitted=False, why_not=why)
+        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, **d, emitted=False, why_not=why)
     return specs
 
 
@@ -235,8 +305,24 @@ def get_spec(plugin: str, version: str | int) -> PluginSpec | None:
     return SPECS.get((plugin, str(version)))
 
 
+def spec_of(node) -> PluginSpec | None:
+    """The spec of a plugin node (NodeProto or gs.Node) by its op type and plugin_version; None if unknown."""
+    if isinstance(node, gs.Node):
+        return get_spec(node.op, node.attrs.get("plugin_version", ""))
+    ver = read_scalar_attrs(node).get("plugin_version")
+    return get_spec(node.op_type, ver.value) if ver is not None and ver.kind == "STRING" else None
+
+
 def versions(plugin: str) -> list[str]:
     return sorted(v for p, v in SPECS if p == plugin)
+
+
+# The var-seqlen contract's limits, from the table: the longest packed sequence is the least any var-seqlen
+# EmbLayerNorm computes positions for (QKVToContext alone would take more), and packed attention has kernels
+# up to this head size.
+MAX_SEQLEN = min(s.max_seq for s in SPECS.values() if s.plugin == EMB_LAYER_NORM and s.layout == "varseqlen")
+MAX_PACKED_HEAD_SIZE = min(s.max_head_size for s in SPECS.values()
+                           if s.plugin == QKV_TO_CONTEXT and s.layout == "varseqlen")
 
 
 # ---------------------------------------------------------------- validation
@@ -403,14 +489,13 @@ def _emb_rules(spec, v, E, inputs, outputs, info) -> list[str]:
     problems = _count(spec, inputs, outputs, len(spec.inputs), len(spec.outputs))
     if len(inputs) != len(spec.inputs):
         return problems
-    fixed = spec.version in ("1", "6")
     for i, t in enumerate(spec.inputs):
         problems += _rank(info, inputs[i], t.rank, f"input {i} ({t.name})")
         if t.dtype == "int32" and info is not None:
             dt = info.dtype(inputs[i])
             if dt is not None and dt not in ("int32", "int64"):  # the parser casts int64 for this plugin
                 problems.append(f"input {i} ({t.name}) {inputs[i]} is {dt}, expected int32")
-    if fixed and info is not None:
+    if spec.takes_padded and info is not None:
         S = info.dim(inputs[0], 0)
         P = v["bert_embeddings_position_embeddings"].size // E
         if isinstance(S, int) and S > P:
@@ -426,35 +511,35 @@ def _qkv_rules(spec, v, E, inputs, outputs, info) -> list[str]:
     H = E // N
     if v.get("dq_probs") is not None and v["dq_probs"] <= 0:
         problems.append(f"dq_probs = {v['dq_probs']}, must be > 0")
-    if spec.version in ("3", "6"):
-        if H != 64:
-            problems.append(f"head size {H}: the interleaved INT8 kernel hard-codes H = 64")
+    if spec.head_sizes is not None and H not in spec.head_sizes:
+        problems.append(f"head size {H}: {spec.plugin} v{spec.version} runs head size {_one_of(spec.head_sizes)} "
+                        "only")
+    if spec.layout == "interleaved":
         for s in ("input_qkv_scale", "output_ctx_scale"):
             if v[s] <= 0:
                 problems.append(f"{s} = {v[s]}, must be > 0")
         problems += _count(spec, inputs, outputs, 3, 1)
         if not problems:
             problems += _rank(info, inputs[0], 4, "input 0 (qkv)") + _int32(info, inputs[1], "input 1 (cu_seqlens)")
-            problems += _max_seqlen(info, inputs[2], 384)
+            problems += _max_seqlen(info, inputs[2], spec.max_seq)
         return problems
 
-    var = spec.version in ("2", "5") and v["var_seqlen"] == 1
-    if var:
+    if spec.packed(v):
         if v["type_id"] not in (TYPE_FP16, TYPE_INT8):
-            problems.append("var_seqlen=1 needs type_id FP16 (1) or INT8 (2); FP32 asserts")
+            problems.append(f"{spec.layout_field}=1 needs type_id FP16 (1) or INT8 (2); FP32 asserts")
         if v["has_mask"] != 1:
-            problems.append("var_seqlen=1 needs has_mask=1 (the plugin asserts exactly 4 inputs)")
-        if H > 64:
-            problems.append(f"head size {H} > 64 is not supported with var_seqlen=1")
+            problems.append(f"{spec.layout_field}=1 needs has_mask=1 (the plugin asserts exactly 4 inputs)")
+        if spec.max_head_size is not None and H > spec.max_head_size:
+            problems.append(f"head size {H} > {spec.max_head_size} is not supported with {spec.layout_field}=1")
         problems += _count(spec, inputs, outputs, 4, 1)
         if len(inputs) == 4:
             problems += _rank(info, inputs[0], 4, "input 0 (qkv)")
             problems += _int32(info, inputs[2], "input 2 (cu_seqlens)") + _rank(info, inputs[2], 1, "input 2")
-            problems += _max_seqlen(info, inputs[3], 512)
+            problems += _max_seqlen(info, inputs[3], spec.max_seq)
         return problems
 
-    if v["type_id"] == TYPE_INT8 and spec.version in ("2", "5"):
-        problems.append("var_seqlen=0 runs the unfused path, which has no INT8 (type_id=2 asserts)")
+    if v["type_id"] == TYPE_INT8 and not spec.padded_int8:
+        problems.append(f"{spec.layout_field}=0 runs the unfused path, which has no INT8 (type_id=2 asserts)")
     if v["type_id"] == TYPE_INT8 and v["has_mask"] != 1:
         problems.append("INT8 needs has_mask=1 (only the fused kernels run INT8)")
     problems += _count(spec, inputs, outputs, 1 + v["has_mask"], 1)
@@ -462,20 +547,20 @@ def _qkv_rules(spec, v, E, inputs, outputs, info) -> list[str]:
         return problems
     problems += _rank(info, inputs[0], 5, "input 0 (qkv)")
     if info is not None:
-        d2 = info.dim(inputs[0], 2)
-        if isinstance(d2, int) and d2 != 3 * E:
-            problems.append(f"input 0 (qkv) has {d2} channels, expected 3 * hidden_size = {3 * E}")
+        d = info.dim(inputs[0], spec.hidden_axis)
+        if isinstance(d, int) and d != 3 * E:
+            problems.append(f"input 0 (qkv) has {d} channels, expected 3 * hidden_size = {3 * E}")
     if v["has_mask"]:
         mask = inputs[1]
-        want = 2 if spec.version in ("1", "4") else 1
+        want = spec.padded_mask_rank
         layout = "[B, P] (EmbLN v1/v6 output 1)" if want == 2 else "1-D [B] maskIdx"
         problems += _int32(info, mask, "mask input")
         r = info.rank(mask) if info else None
         if r is None and info is not None:
             r = _producer_rank(info, mask)
         if r is not None and r != want:
-            problems.append(f"mask input {mask} has rank {r}; {spec.plugin} v{spec.version} "
-                            f"{'' if want == 2 else 'with var_seqlen=0 '}takes a {layout}")
+            mode = f"with {spec.layout_field}=0 " if spec.layout_field else ""
+            problems.append(f"mask input {mask} has rank {r}; {spec.plugin} v{spec.version} {mode}takes a {layout}")
         if info is not None:
             prod = info.producer(mask)
             if prod is not None and _is(prod, EMB_LAYER_NORM):
@@ -489,10 +574,9 @@ def _qkv_rules(spec, v, E, inputs, outputs, info) -> list[str]:
 
 def _skip_rules(spec, v, E, inputs, outputs, info) -> list[str]:
     problems = _count(spec, inputs, outputs, 2, len(spec.outputs))
-    if spec.version in ("1", "2", "5", "6") and v["type_id"] == TYPE_INT8 and E not in (768, 1024):
-        problems.append(f"INT8 SkipLayerNorm supports only E in {{768, 1024}}, E is {E}")
-    if spec.version in ("3", "4", "7", "8") and E not in (768, 1024, 1536, 2048):
-        problems.append(f"interleaved SkipLayerNorm supports only E in {{768, 1024, 1536, 2048}}, E is {E}")
+    int8 = spec.int8_only or v.get("type_id") == TYPE_INT8
+    if int8 and (why := spec.int8_problem(hidden=E)) is not None:
+        problems.append(f"{'interleaved' if spec.int8_only else 'INT8'} SkipLayerNorm: {why}")
     if len(inputs) != 2 or info is None:
         return problems
     rank = spec.inputs[0].rank
@@ -504,7 +588,7 @@ def _skip_rules(spec, v, E, inputs, outputs, info) -> list[str]:
             if isinstance(a, int) and isinstance(b, int) and a != b:
                 problems.append(f"input and skip shapes differ: {list(s0)} vs {list(s1)}")
                 break
-    hd = {"1": 2, "5": 2, "3": 1, "4": 1, "7": 1, "8": 1}.get(spec.version)
+    hd = spec.hidden_axis
     if hd is not None and s0 is not None and len(s0) > hd and isinstance(s0[hd], int) and s0[hd] != E:
         problems.append(f"input 0 has hidden size {s0[hd]} at dim {hd}, but the weights have E = {E}")
     return problems

@@ -16,20 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from bertrt.contract import CANONICAL_INPUTS, VARSEQLEN_INPUTS, VOCAB_SIZE
 from bertrt.errors import BertrtError, ToolMissing
 from bertrt.run.packing import MAX_SEQLEN, model_max_length, pack_varseqlen, unpack_varseqlen  # noqa: F401
 
-INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
-VARSEQLEN_NAMES = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
-DEFAULT_VOCAB = 30522  # BERT's uncased vocabulary, what the former demo drew random ids from
 TENSORRT_INSTALL = ("pip install tensorrt --extra-index-url https://pypi.nvidia.com "
                     "(NVIDIA's index; needs an NVIDIA GPU with a CUDA driver)")
 
 
 def current_command() -> str:
-    """The bertrt command line being run (rebuilt from click's parsed parameters), for messages."""
-    import click
-
+    """The bertrt command line being run (rebuilt from click's parsed parameters), for messages; the process's
+    own arguments when the library runs without the command line."""
+    try:
+        import click
+    except ImportError:  # the library needs no click
+        return shlex.join(sys.argv)
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return shlex.join(sys.argv)
@@ -78,7 +79,7 @@ class InputShape:
 def check_feeds(feeds: dict[str, np.ndarray], path=None) -> tuple[int, int]:
     """(B, S) of canonical feeds; a BertrtError for a missing name or a shape that differs."""
     shape = None
-    for name in INPUT_NAMES:
+    for name in CANONICAL_INPUTS:
         if name not in feeds:
             raise BertrtError(f"no value given for input '{name}'", path)
         arr = np.asarray(feeds[name])
@@ -98,16 +99,16 @@ class Backend:
     def __init__(self, path, input_shape: InputShape, vocab_size: int | None = None):
         self.path = None if path is None else os.fspath(path)
         self.input_shape = input_shape
-        self.vocab_size = vocab_size or DEFAULT_VOCAB
+        self.vocab_size = vocab_size or VOCAB_SIZE
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits float32 [B, S, 2] for canonical int32 [B, S] feeds."""
         B, S = check_feeds(feeds, self.path)
         shape = self.input_shape
         if shape.seq is not None and S != shape.seq:
-            raise BertrtError(f"the model takes sequence length {shape.seq}, got {S} (use --seq {shape.seq})",
+            raise BertrtError(f"the model takes sequence length {shape.seq}, got {S}",
                               self.path)
-        feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.int32) for n in INPUT_NAMES}
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.int32) for n in CANONICAL_INPUTS}
         step = shape.batch or shape.max_batch or B
         outs = []
         for start in range(0, B, step):
@@ -144,11 +145,11 @@ def onnx_input_shape(model, path=None) -> InputShape:
     inits = {t.name for t in model.graph.initializer}
     inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
     if "cu_seqlens" in inputs:
-        missing = [n for n in VARSEQLEN_NAMES if n not in inputs]
+        missing = [n for n in VARSEQLEN_INPUTS if n not in inputs]
         if missing:
             raise BertrtError(f"var-seqlen model has no input '{missing[0]}'", path)
         return InputShape(None, None, varseqlen=True, max_seqlen=model_max_length(model))
-    missing = [n for n in INPUT_NAMES if n not in inputs]
+    missing = [n for n in CANONICAL_INPUTS if n not in inputs]
     if missing:
         raise BertrtError(f"model has no input '{missing[0]}' (inputs: {', '.join(inputs)}); "
                           "convert it to the canonical model with 'bertrt convert' first", path)
@@ -292,7 +293,7 @@ def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None
     see ``implicit_int8_backend``.
     """
     if (engine is None) == (onnx is None):
-        raise BertrtError("give exactly one of an engine (--engine) or an ONNX model (--onnx)")
+        raise BertrtError("give exactly one of an engine or an ONNX model")
     if engine is not None:
         return TrtBackend(engine)
     from bertrt.onnx_io import load_model

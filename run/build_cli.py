@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import click
 
-from bertrt import config
-from bertrt.run.engine_build import PRECISIONS
+from bertrt.contract import DEFAULT_SEQ
+from bertrt.options import (EXIT_TENSORRT, batch_option, int_list, log, out_option, precision_option, seq_option,
+                            target_option)
 
 
-def int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=what) from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=what)
-    return values
-
-
-@click.command("build")
+@click.command("build", epilog=EXIT_TENSORRT)
 @click.argument("onnx_path", metavar="FUSED.onnx", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Engine file to write.")
-@click.option("--target", type=click.Choice(config.names("targets")), default="trt10", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True)
-@click.option("-b", "--batch", "batch", default="1", show_default=True,
-              help="Batch sizes, comma-separated: one optimization profile per batch × sequence length.")
-@click.option("-s", "--seq", "seq", default=None,
-              help="Sequence lengths, comma-separated [default: the graph's if fixed, else 384].")
+@out_option("Engine file to write.")
+@target_option
+@precision_option
+@batch_option(many=True, help="Batch sizes, comma-separated: one optimization profile per batch × sequence "
+                              "length (packed graphs: one per batch size).")
+@seq_option(many=True)
 @click.option("--ranges", type=click.Path(dir_okay=False), default=None,
               help="INT8 (trt10 targets): JSON {tensor: amax} applied as dynamic ranges.")
 @click.option("--calib-cache", type=click.Path(dir_okay=False), default=None,
@@ -34,25 +24,28 @@ def int_list(text: str, what: str) -> tuple[int, ...]:
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Tactic timing cache: read if present, updated after the build.")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
-              help="Workspace limit in MiB [default: 2500; var-seqlen graphs: unlimited].")
-@click.option("--dry-run", is_flag=True, help="Print the build plan and stop (no TensorRT needed).")
+              help="Workspace limit in MiB [default: 2500, the former demo's; var-seqlen graphs: unlimited].")
+@click.option("--dry-run", is_flag=True, help="Print the build plan and its command and stop (no TensorRT needed).")
 def build(onnx_path, out, target, precision, batch, seq, ranges, calib_cache, timing_cache, workspace_mb, dry_run):
-    """Build a TensorRT engine from a fused graph (bertrt surgery) for a target and precision.
+    """Build a TensorRT engine from FUSED.onnx (bertrt surgery) for a target and precision.
 
     \b
     trt10-legacy, trt10: FP16/INT8 by builder flags; INT8 scales from --ranges or --calib-cache.
     trt11: strongly typed; FP16 and INT8 (Q/DQ) are in the graph.
+
+    The plan is made from the graph's inputs alone and checked with the ranges or cache before TensorRT is
+    looked for, so a mistake shows on any machine; the graph itself is loaded only by TensorRT's parser.
     """
-    from bertrt.onnx_io import load_model
+    from bertrt.graph_io import read_skeleton
     from bertrt.run.engine_build import build_engine, check_profiles, make_plan, model_facts
 
-    facts = model_facts(load_model(onnx_path, load_external_data=False))
+    facts = model_facts(read_skeleton(onnx_path))  # no weights read: the graph may be gigabytes
     batches = int_list(batch, "--batch")
     if seq is not None:
         seqs = int_list(seq, "--seq")
     else:
         ids = facts["dims"].get("input_ids", ())
-        seqs = (ids[1],) if not facts["varseqlen"] and len(ids) == 2 and ids[1] else (384,)
+        seqs = (ids[1],) if not facts["varseqlen"] and len(ids) == 2 and ids[1] else (DEFAULT_SEQ,)
     plan = make_plan(onnx_path, out, target=target, precision=precision, batches=batches, seqs=seqs,
                      varseqlen=facts["varseqlen"], has_qdq=facts["has_qdq"], ranges=ranges, calib_cache=calib_cache,
                      timing_cache=timing_cache, workspace_mb=workspace_mb)
@@ -61,6 +54,5 @@ def build(onnx_path, out, target, precision, batch, seq, ranges, calib_cache, ti
     if dry_run:
         click.echo(plan.command())
         return
-    click.echo("building the engine (TensorRT times tactics per profile: minutes for BERT-Large)", err=True)
-    build_engine(plan, log=lambda msg: click.echo(msg, err=True))
+    build_engine(plan, log=log)
     click.echo(f"wrote {out}")

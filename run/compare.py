@@ -16,17 +16,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertrt.contract import DEFAULT_SEQ, INPUT_IDS, INPUT_MASK, SEGMENT_IDS, random_feeds
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
-from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, is_plugin_node
+from bertrt.plugins.nodes import EMB_LAYER_NORM, TYPE_FP16, TYPE_INT8, is_plugin_node
+from bertrt.plugins.specs import spec_of
 from bertrt.plugins.runner import has_plugin_nodes
 
 # Default tolerances per precision: fp32 is the references' float32 rounding; fp16 the plugins' FP16
 # rounding at their boundaries; int8 the fake-quantization error of a calibrated model's logits.
 TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (2.5e-1, 2.5e-1)}
-DEFAULT_SEQ = 128
-SEG_NAMES = ("segment_ids", "token_type_ids")
-MASK_NAMES = ("input_mask", "attention_mask")
+SEG_NAMES = (SEGMENT_IDS, "token_type_ids")
+MASK_NAMES = (INPUT_MASK, "attention_mask")
 
 
 @dataclass
@@ -80,9 +81,6 @@ def vocab_size(model: onnx.ModelProto) -> int | None:
     return None
 
 
-_INT8_ONLY = {(QKV_TO_CONTEXT, "3"), (QKV_TO_CONTEXT, "6")} | {(SKIP_LAYER_NORM, v) for v in "3478"}
-
-
 def plugin_precision(model: onnx.ModelProto) -> str:
     """The lowest precision any plugin node runs in: "int8", "fp16" or "fp32" (also for no plugins)."""
     found = "fp32"
@@ -90,10 +88,10 @@ def plugin_precision(model: onnx.ModelProto) -> str:
         if not is_plugin_node(n):
             continue
         ints = {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}
-        version = next((a.s.decode() for a in n.attribute if a.name == "plugin_version"), "1")
-        if ints.get("type_id") == 2 or (n.op_type, version) in _INT8_ONLY:
+        spec = spec_of(n)
+        if ints.get("type_id") == TYPE_INT8 or (spec is not None and spec.int8_only):
             return "int8"
-        if ints.get("type_id") == 1 or ints.get("output_fp16") == 1:
+        if ints.get("type_id") == TYPE_FP16 or ints.get("output_fp16") == 1:
             found = "fp16"
     return found
 
@@ -117,31 +115,27 @@ def _input_specs(model):
 
 def random_inputs(model: onnx.ModelProto, batch: int = 1, seq: int | None = None, seed: int = 0,
                   iterations: int = 1, vocab: int | None = None, path=None) -> list[dict[str, np.ndarray]]:
-    """Valid BERT QA inputs for the model's [batch, seq] inputs: ids, segments in {0, 1}, prefix masks."""
+    """Valid BERT QA inputs for the model's [batch, seq] inputs (``contract.random_feeds``: ids, segments in
+    {0, 1}, prefix masks of random lengths), in the dtypes the model declares."""
     vocab = vocab or vocab_size(model)
     if vocab is None:
         raise BertrtError("cannot tell the vocabulary size (no EmbLayerNorm node and no word-embedding Gather on "
-                          "input_ids); pass --load-inputs", path)
-    rng = np.random.default_rng(seed)
+                          "input_ids); give the inputs instead", path)
     specs = _input_specs(model)
+    for name, _dtype, dims in specs:
+        if len(dims) != 2:
+            raise BertrtError(f"input {name} has rank {len(dims)}; random inputs need [batch, seq] inputs "
+                              "(give the inputs instead)", path)
+    S = B = None
+    for name, _dtype, dims in specs:
+        S = _resolve(dims[1], seq if S is None else S, "sequence length", name, path)
+        B = _resolve(dims[0], batch if B is None else B, "batch", name, path)
+    rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(iterations):
-        feed = {}
-        for name, dtype, dims in specs:
-            if len(dims) != 2:
-                raise BertrtError(f"input {name} has rank {len(dims)}; random inputs need [batch, seq] inputs "
-                                  "(use --load-inputs)", path)
-            S = _resolve(dims[1], seq, "sequence length", name, path)
-            B = _resolve(dims[0], batch, "batch", name, path)
-            if name in MASK_NAMES:
-                lengths = rng.integers(1, S + 1, size=B)
-                arr = (np.arange(S)[None, :] < lengths[:, None])
-            elif name in SEG_NAMES:
-                arr = rng.integers(0, 2, size=(B, S))
-            else:
-                arr = rng.integers(0, vocab, size=(B, S))
-            feed[name] = arr.astype(dtype)
-        feeds.append(feed)
+        canonical = random_feeds(B or batch, S or DEFAULT_SEQ, vocab, rng=rng)
+        feeds.append({name: canonical[INPUT_MASK if name in MASK_NAMES else SEGMENT_IDS if name in SEG_NAMES
+                                      else INPUT_IDS].astype(dtype) for name, dtype, _dims in specs})
     return feeds
 
 
@@ -227,8 +221,14 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
     ra, ka = _runner(ma, "A", amax)
     rb, kb = _runner(mb, "B", amax)
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
-        results = Comparator.run([ra, rb], data_loader=feeds)
+        try:
+            results = Comparator.run([ra, rb], data_loader=feeds)
+        except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
+            raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
+                              path_a) from None
         acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
     per_iter = next(iter(acc[0].values()))
     diffs = []
@@ -311,6 +311,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     rtol = TOLERANCES[precision][1] if rtol is None else rtol
     feeds = _feeds(inputs, mp, mp, batch, seq, seed, iterations, path_p, vocab_from=mk)
     max_len = model_max_length(mk)
+    out_name = mp.graph.output[0].name  # logits, or an encoder's hidden_states
+    if out_name not in [o.name for o in mk.graph.output]:
+        raise BertrtError(f"has no output {out_name} (the padded model's)", path_k)
     from polygraphy.logger import G_LOGGER
 
     rp, kp = _runner(mp, "padded", amax)
@@ -319,8 +322,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), rp, rk:  # the table is the report
         for feed in feeds:
             mask = feed["input_mask"]
-            want = np.asarray(rp.infer(feed)["logits"], dtype=np.float32)
-            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))["logits"], mask)
+            want = np.asarray(rp.infer(feed)[out_name], dtype=np.float32)
+            got = unpack_varseqlen(rk.infer(pack_varseqlen(feed, max_len=max_len, path=path_p))[out_name], mask,
+                                   per_token=want.shape[-1])
             count = TokenCount.of(mask)
             tokens = count if tokens is None else tokens + count
             for b, n in enumerate(mask.astype(bool).sum(axis=1)):
@@ -334,10 +338,28 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
                                (kp, kk), len(feeds))
 
 
+def default_seq(model: onnx.ModelProto) -> int:
+    """DEFAULT_SEQ, or fewer where the position table has fewer rows (positions past it do not exist)."""
+    import onnx_graphsurgeon as gs
+
+    from bertrt.convert.onnx_intake import position_rows
+
+    for n in model.graph.node:
+        if n.op_type == EMB_LAYER_NORM:
+            attrs = {a.name: a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
+            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
+            if pos is not None and beta is not None:
+                return min(DEFAULT_SEQ, int(np.prod(pos.dims)) // max(1, int(np.prod(beta.dims))))
+    rows = position_rows(gs.import_onnx(model))
+    return DEFAULT_SEQ if rows is None else min(DEFAULT_SEQ, rows)
+
+
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:
     """Random valid feeds for ``model``, or the given ones (a list or a Polygraphy JSON) checked against both models."""
     if inputs is None:
         vocab = vocab_size(model) or vocab_size(vocab_from if vocab_from is not None else other)
+        if seq is None and any(len(dims) == 2 and not dims[1] for _, _, dims in _input_specs(model)):
+            seq = min(default_seq(model), default_seq(vocab_from if vocab_from is not None else other))
         return random_inputs(model, batch, seq, seed, iterations, vocab=vocab, path=path)
     source = inputs if isinstance(inputs, (str, os.PathLike)) else None
     feeds = load_inputs(inputs) if source is not None else list(inputs)

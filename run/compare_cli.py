@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from bertrt.errors import BertrtError
+from bertrt.options import amax_option, batch_option, precision_option, seed_option, seq_option
 from bertrt.run.compare import TOLERANCES
 
 
-def _read_amax(path):
-    """A calibration table as JSON {tensor: amax}; the calibrate stage writes caches it can convert."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise BertrtError(f"not a JSON amax table: {e}", path)
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
-        raise BertrtError("not a JSON amax table (expected {tensor name: amax})", path)
-    return {k: float(v) for k, v in data.items()}
-
-
-@click.command("compare")
+@click.command("compare", epilog="Exit status: 0 PASS, 1 FAIL (or a bad input), 2 a usage error.")
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
-@click.option("--precision", type=click.Choice(list(TOLERANCES)), default=None,
-              help="Sets the default tolerances (fp32 1e-4, fp16 2e-2, int8 0.25 absolute) "
-                   "[default: the plugin nodes' precision].")
+@precision_option(tolerances=True, help="Precision whose default tolerances apply (" + ", ".join(
+    f"{p} {atol:g} absolute, {rtol:g} relative" for p, (atol, rtol) in TOLERANCES.items())
+    + ") [default: the lowest the plugin nodes run in, so a fused FP16 graph gets FP16's].")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance (overrides the precision's).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance (overrides the precision's).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seq", type=click.IntRange(min=1), default=None,
-              help="Sequence length for dynamic inputs [default: the model's, else 128].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True)
+@batch_option(default=1, help="Random sequences per input (a packed B takes them packed together); 1 by "
+                              "default: a quick check, raise it (or --iterations) for a wider one.")
+@seq_option
+@seed_option()
+@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many random inputs to compare on.")
 @click.option("--load-inputs", type=click.Path(dir_okay=False), default=None,
               help="Inputs from a Polygraphy JSON (polygraphy run --save-inputs) instead of random ones.")
-@click.option("--amax", "amax_path", type=click.Path(dir_okay=False), default=None,
-              help="JSON {tensor: amax} for plugins running in INT8.")
+@amax_option()
 @click.option("--varseqlen", is_flag=True,
               help="B is packed (var-seqlen): compare it per sequence against the padded A [default: when B takes "
                    "cu_seqlens].")
@@ -47,12 +34,13 @@ def compare(a, b, precision, atol, rtol, batch, seq, seed, iterations, load_inpu
 
     Standard graphs run on ONNX Runtime; graphs with TensorRT plugin nodes on bertrt's CPU reference.
     A packed (var-seqlen) B runs on the same sequences packed, and each sequence's logits are compared
-    at its real tokens. Exit 0 on PASS, 1 on FAIL.
+    at its real tokens.
     """
     from bertrt.onnx_io import load_model
+    from bertrt.ranges import read_ranges
     from bertrt.run.compare import compare_models, compare_packed, is_packed
 
-    amax = _read_amax(amax_path) if amax_path else None
+    amax = read_ranges(amax_path) if amax_path else None
     mb = load_model(b)
     if varseqlen and not is_packed(mb):
         raise BertrtError("is not a packed (var-seqlen) model: it has no cu_seqlens input", b)

@@ -13,19 +13,17 @@ FP16 on, and CALIBRATE_BEFORE_FUSION when a calibration cache provides the scale
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertrt import config as bconfig
+from bertrt.contract import CANONICAL_INPUTS, DEFAULT_SEQ, PRECISIONS, VARSEQLEN_INPUTS
 from bertrt.errors import BertrtError
+from bertrt.ranges import read_ranges
 
-PRECISIONS = ("fp32", "fp16", "int8")
-FIXED_INPUTS = ("input_ids", "segment_ids", "input_mask")
-VARSEQLEN_INPUTS = ("input_ids", "segment_ids", "cu_seqlens", "max_seqlen")
 DEFAULT_WORKSPACE_MB = 2500
 AVG_TIMING_ITERATIONS = 8
 # Calibration-cache header algorithm -> the TensorRT calibrator class that reads it.
@@ -94,7 +92,7 @@ class BuildPlan:
 
 def fixed_profiles(batches, seqs) -> tuple[dict, ...]:
     """One profile per (B, S), S the inner loop's sorted order as the demo made them: min (1,S), opt=max (B,S)."""
-    return tuple({name: ((1, S), (B, S), (B, S)) for name in FIXED_INPUTS}
+    return tuple({name: ((1, S), (B, S), (B, S)) for name in CANONICAL_INPUTS}
                  for B in sorted(set(batches)) for S in sorted(set(seqs)))
 
 
@@ -106,7 +104,7 @@ def varseqlen_profiles(batches, seqs) -> tuple[dict, ...]:
                  for B in sorted(set(batches)))
 
 
-def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(384,), varseqlen: bool = False,
+def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(DEFAULT_SEQ,), varseqlen: bool = False,
               has_qdq: bool = False, ranges=None, calib_cache=None, timing_cache=None,
               workspace_mb: int | None = None) -> BuildPlan:
     """The build configuration for a target and precision; a BertrtError for a combination that cannot work."""
@@ -118,13 +116,13 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
     spec = bconfig.target(target)
     strongly_typed = bool(spec.get("strongly_typed", False))
     if ranges and calib_cache:
-        raise BertrtError("give either --ranges or --calib-cache, not both")
+        raise BertrtError("give either INT8 ranges or a calibration cache, not both")
     notes = []
     if strongly_typed:
         # Strongly typed: the graph's own types decide; FP16 is casts and fp16 weights, INT8 is Q/DQ.
         if ranges or calib_cache:
             raise BertrtError(f"target {target} is strongly typed: INT8 scales come from Q/DQ nodes in the graph "
-                              "(bertrt calibrate qdq), not from --ranges or --calib-cache")
+                              "(bertrt calibrate qdq), not from ranges or a calibration cache")
         if precision == "int8" and not has_qdq:
             raise BertrtError(f"target {target} takes INT8 only as Q/DQ nodes in the graph, and the graph has none; "
                               "make one with 'bertrt calibrate qdq'", onnx)
@@ -134,10 +132,11 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
         fp16 = precision in ("fp16", "int8")  # INT8 builds keep the non-quantized layers in FP16, as the demo ran
         int8 = precision == "int8"
         if not int8 and (ranges or calib_cache):
-            raise BertrtError(f"--ranges and --calib-cache are INT8 scales; precision {precision} does not use them")
+            raise BertrtError(f"ranges and calibration caches are INT8 scales; precision {precision} does not use them")
         if int8 and not (ranges or calib_cache or has_qdq):
-            raise BertrtError(f"INT8 on target {target} needs scales: --ranges ranges.json or --calib-cache "
-                              "calib.cache (bertrt calibrate), or a graph with Q/DQ nodes", onnx)
+            raise BertrtError(f"INT8 on target {target} needs scales", onnx,
+                              hint="give ranges (bertrt calibrate ranges) or a calibration cache (bertrt calibrate "
+                                   "cache), or a graph with Q/DQ nodes")
         if int8 and has_qdq and (ranges or calib_cache):
             notes.append("the graph has Q/DQ nodes; TensorRT uses their scales (explicit quantization)")
     if workspace_mb is None:
@@ -169,8 +168,8 @@ def model_facts(model) -> dict:
 
 
 def check_profiles(plan: BuildPlan, dims: dict[str, tuple], path=None) -> None:
-    """Every profile shape must fit the graph's fixed dimensions (a seq-128 graph cannot take --seq 384)."""
-    expected = VARSEQLEN_INPUTS if plan.varseqlen else FIXED_INPUTS
+    """Every profile shape must fit the graph's fixed dimensions (a seq-128 graph has no seq-384 profile)."""
+    expected = VARSEQLEN_INPUTS if plan.varseqlen else CANONICAL_INPUTS
     missing = [n for n in expected if n not in dims]
     if missing:
         raise BertrtError(f"the graph has no input '{missing[0]}' (inputs: {', '.join(dims)})", path)
@@ -182,35 +181,11 @@ def check_profiles(plan: BuildPlan, dims: dict[str, tuple], path=None) -> None:
                     raise BertrtError(f"input '{name}' has rank {len(graph_dims)}, the profile gives {shape}", path)
                 for axis, (want, have) in enumerate(zip(shape, graph_dims)):
                     if have is not None and want != have:
-                        what = ("--seq" if axis == 1 else "--batch") if not plan.varseqlen else "--batch/--seq"
+                        what = ("sequence length" if axis == 1 else "batch size") if not plan.varseqlen \
+                            else "batch size and sequence length"
                         raise BertrtError(f"input '{name}' has fixed dimension {axis} = {have}, but the profiles "
-                                          f"need {want}; use {what} {have} or a graph with a dynamic dimension",
-                                          path)
-
-
-def read_ranges(path) -> dict[str, float]:
-    """A ranges JSON {tensor: amax} (also accepted nested as {"amax": {...}} or {"ranges": {...}})."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BertrtError("ranges file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BertrtError(f"cannot read the ranges file: {e}", path) from None
-    except json.JSONDecodeError as e:
-        raise BertrtError(f"not JSON: {e.msg} at line {e.lineno}", path) from None
-    if isinstance(data, dict):
-        for key in ("amax", "ranges"):
-            if isinstance(data.get(key), dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not data:
-        raise BertrtError("not a ranges file (expected JSON {tensor name: amax})", path)
-    out = {}
-    for name, amax in data.items():
-        if isinstance(amax, bool) or not isinstance(amax, (int, float)) or not math.isfinite(amax) or amax <= 0:
-            raise BertrtError(f"tensor {name!r}: amax must be a positive number, got {amax!r}", path)
-        out[name] = float(amax)
-    return out
+                                          f"need {want}", path,
+                                          hint=f"build for {what} {have}, or from a graph with a dynamic dimension")
 
 
 def read_calib_cache(path) -> tuple[str, bytes]:
@@ -324,38 +299,63 @@ def cache_only_calibrator(trt, algorithm: str, cache: bytes):
     return CacheOnlyCalibrator()
 
 
-def _configure(plan: BuildPlan, profiles: list):
-    """The config post-processing step: settings CreateConfig has no argument for, or that need trt enums."""
+def tactic_source_bits(default_bits: int, changes: tuple[str, ...], members: dict[str, int]) -> int:
+    """TensorRT's tactic-source bit mask after "+NAME" / "-NAME" changes to its default (``members``: name ->
+    bit index, as ``trt.TacticSource`` has them). A source this TensorRT no longer has is nothing to switch."""
+    bits = default_bits
+    for item in changes:
+        index = members.get(item[1:])
+        if index is not None:
+            bits = bits | (1 << index) if item[0] == "+" else bits & ~(1 << index)
+    return bits
+
+
+@functools.lru_cache(maxsize=1)
+def _plan_config_class():
+    from polygraphy.backend.trt import CreateConfig
+
+    class PlanConfig(CreateConfig):
+        """Polygraphy's CreateConfig for a plan. The arguments that are TensorRT enums or objects (workspace
+        pool, tactic sources, CALIBRATE_BEFORE_FUSION, the cache-only calibrator, whose profile CreateConfig makes
+        the last one, as the demo calibrated) are given when the config is made, because they need TensorRT."""
+
+        def __init__(self, plan: BuildPlan, profiles: list):
+            super().__init__(fp16=plan.fp16, int8=plan.int8, profiles=profiles, load_timing_cache=plan.timing_cache)
+            self.plan = plan
+
+        def __call__(self, builder, network):
+            from polygraphy.mod.trt_importer import lazy_import_trt
+
+            trt, plan = lazy_import_trt(), self.plan
+            if plan.workspace_mb:
+                self.memory_pool_limits = {trt.MemoryPoolType.WORKSPACE: plan.workspace_mb << 20}
+            if plan.tactic_sources:
+                members = {name: int(v) for name, v in trt.TacticSource.__members__.items()}
+                bits = tactic_source_bits(builder.create_builder_config().get_tactic_sources(), plan.tactic_sources,
+                                          members)
+                self.tactic_sources = [v for v in trt.TacticSource.__members__.values() if bits >> int(v) & 1]
+            if plan.calib_cache:
+                algorithm, cache = read_calib_cache(plan.calib_cache)
+                self.calibrator = cache_only_calibrator(trt, algorithm, cache)
+                if plan.calibrate_before_fusion:
+                    self.quantization_flags = [trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION]
+            return super().__call__(builder, network)
+
+    return PlanConfig
+
+
+def _set_timing_iterations(plan: BuildPlan):
+    """The one setting CreateConfig has no argument for: the demo's 8 timing iterations per tactic."""
 
     def configure(builder, network, config):
-        from polygraphy.mod.trt_importer import lazy_import_trt
-
-        trt = lazy_import_trt()
-        if plan.workspace_mb:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
         config.avg_timing_iterations = plan.avg_timing_iterations
-        if plan.tactic_sources:
-            sources = config.get_tactic_sources()
-            for item in plan.tactic_sources:
-                source = getattr(trt.TacticSource, item[1:], None)
-                if source is None:  # removed in this TensorRT version: nothing to switch
-                    continue
-                sources = sources | (1 << int(source)) if item[0] == "+" else sources & ~(1 << int(source))
-            config.set_tactic_sources(sources)
-        if plan.calib_cache:
-            algorithm, cache = read_calib_cache(plan.calib_cache)
-            config.int8_calibrator = cache_only_calibrator(trt, algorithm, cache)
-            # The demo calibrated at the largest sequence length; its profile is the calibration profile.
-            config.set_calibration_profile(profiles[-1].fill_defaults(network).to_trt(builder, network))
-            if plan.calibrate_before_fusion:
-                config.set_quantization_flag(trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION)
 
     return configure
 
 
 def make_loaders(plan: BuildPlan, out_path=None, log=None) -> Loaders:
     """Polygraphy's loaders for the plan (lazy: constructing them imports no TensorRT)."""
-    from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
+    from polygraphy.backend.trt import (EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
                                         PostprocessNetwork, SaveEngine)
 
     log = log or (lambda _msg: None)
@@ -375,9 +375,8 @@ def make_loaders(plan: BuildPlan, out_path=None, log=None) -> Loaders:
 
         network = PostprocessNetwork(parse, set_ranges, name="set INT8 dynamic ranges")
     profiles = polygraphy_profiles(plan)
-    create_config = CreateConfig(fp16=plan.fp16, int8=plan.int8, profiles=profiles,
-                                 load_timing_cache=plan.timing_cache)
-    config = PostprocessConfig(create_config, _configure(plan, profiles))
+    create_config = _plan_config_class()(plan, profiles)
+    config = PostprocessConfig(create_config, _set_timing_iterations(plan))
     engine = EngineFromNetwork(network, config, save_timing_cache=plan.timing_cache)
     save = SaveEngine(engine, os.fspath(out_path or plan.engine))
     return Loaders(parse, network, create_config, config, engine, save, profiles)
@@ -397,6 +396,7 @@ def build_engine(plan: BuildPlan, log=None) -> Path:
         read_calib_cache(plan.calib_cache)
     require_tensorrt("build an engine", plan.command())
     log = log or (lambda _msg: None)
+    log("building the engine (TensorRT times tactics per profile: minutes for BERT-Large)")
     with atomic_path(plan.engine) as tmp:
         make_loaders(plan, tmp, log).save()
     return Path(plan.engine)

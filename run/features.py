@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import click
 import numpy as np
 
+from bertrt.contract import CANONICAL_INPUTS, DEFAULT_SEQ
 from bertrt.errors import BertrtError
+from bertrt.progress import Progress, iterate
 from bertrt.run.tokenization import CLS, SEP, WordPieceTokenizer
 
-MAX_SEQ_LENGTH = 384
 DOC_STRIDE = 128
 MAX_QUERY_LENGTH = 64
-INPUT_NAMES = ("input_ids", "segment_ids", "input_mask")
 
 _WHITESPACE = frozenset(" \t\r\n\u202f")  # run_squad.py's is_whitespace, with the narrow no-break space
 
@@ -88,7 +87,7 @@ def is_max_context(spans: list[tuple[int, int]], span_index: int, position: int)
 
 
 def example_features(tokenizer: WordPieceTokenizer, question: str, doc_words: list[str], *,
-                     max_seq_length: int = MAX_SEQ_LENGTH, doc_stride: int = DOC_STRIDE,
+                     max_seq_length: int = DEFAULT_SEQ, doc_stride: int = DOC_STRIDE,
                      max_query_length: int = MAX_QUERY_LENGTH, example_index: int = 0) -> list[Feature]:
     """The features of one question over one passage (given as its whitespace-split words)."""
     if doc_stride < 1:
@@ -131,17 +130,15 @@ def example_features(tokenizer: WordPieceTokenizer, question: str, doc_words: li
     return features
 
 
-def examples_features(tokenizer: WordPieceTokenizer, examples, *, max_seq_length: int = MAX_SEQ_LENGTH,
+def examples_features(tokenizer: WordPieceTokenizer, examples, *, max_seq_length: int = DEFAULT_SEQ,
                       doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH,
-                      progress: bool = False) -> list[list[Feature]]:
+                      progress: Progress | None = None) -> list[list[Feature]]:
     """Features of each example (anything with ``question_text`` and ``doc_words``), in example order."""
     out = []
-    with click.progressbar(examples, label="features", file=click.get_text_stream("stderr"),
-                           hidden=not progress) as bar:
-        for index, example in enumerate(bar):
-            out.append(example_features(tokenizer, example.question_text, example.doc_words,
-                                        max_seq_length=max_seq_length, doc_stride=doc_stride,
-                                        max_query_length=max_query_length, example_index=index))
+    for index, example in enumerate(iterate(progress, examples, "features", "questions")):
+        out.append(example_features(tokenizer, example.question_text, example.doc_words,
+                                    max_seq_length=max_seq_length, doc_stride=doc_stride,
+                                    max_query_length=max_query_length, example_index=index))
     return out
 
 
@@ -150,4 +147,4 @@ def stack_features(features: list[Feature]) -> dict[str, np.ndarray]:
     if not features:
         raise ValueError("no features to stack")
     return {name: np.stack([getattr(f, name) for f in features]).astype(np.int32, copy=False)
-            for name in INPUT_NAMES}
+            for name in CANONICAL_INPUTS}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import click
 
 from bertrt.errors import BertrtError
+from bertrt.options import max_answer_length_option
 from bertrt.run.cli_options import model_options, open_from_options, resolve_seq, text_options, tokenizer_for
 
 
@@ -57,7 +58,7 @@ def _passage(passage, passage_file):
 @text_options
 @click.option("--n-best", "n_best", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many candidate answers to show per question.")
-@click.option("--max-answer-length", type=click.IntRange(min=1), default=30, show_default=True)
+@max_answer_length_option
 def infer(engine, onnx, amax, passage, passage_file, questions, vocab, seq, n_best, max_answer_length):
     """Answer each question about the passage: the answer and its probability."""
     text = _passage(passage, passage_file)

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertrt.errors import BertrtError
-
-# Var-seqlen EmbLayerNorm (2/4) never computes positions >= 384 (QKVToContext 2/5 alone would take 512).
-MAX_SEQLEN = 384
+from bertrt.plugins.nodes import EMB_LAYER_NORM
+from bertrt.plugins.specs import MAX_SEQLEN  # what the var-seqlen plugins compute at most (384)
 
 
 def model_max_length(model) -> int:
-    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most 384."""
-    from bertrt.plugins.nodes import EMB_LAYER_NORM
-
+    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most
+    MAX_SEQLEN."""
     for n in model.graph.node:
         if n.op_type == EMB_LAYER_NORM:
             attrs = {a.name: a for a in n.attribute}
@@ -66,19 +64,21 @@ def pack_varseqlen(feeds: dict[str, np.ndarray], max_len: int = MAX_SEQLEN, path
             "max_seqlen": np.zeros(int(lengths.max(initial=0)), dtype=np.int32)}
 
 
-def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Packed logits [T, 2] (or the former demo's [2, T, 1, 1]) -> [B, S, 2], zeros where the mask is 0."""
+def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray, per_token: int = 2) -> np.ndarray:
+    """Packed logits [T, 2] (or the former demo's [2, T, 1, 1]; or hidden states [T, per_token]) -> [B, S, 2]
+    ([B, S, per_token]), zeros where the mask is 0."""
     lengths = sequence_lengths(mask)
     B, S = np.shape(mask)
     keep = np.arange(S)[None, :] < lengths[:, None]
     T = int(keep.sum())
     logits = np.asarray(logits)
-    if logits.shape[:1] == (2,) and logits.size == 2 * T and logits.shape[0] != T:
+    if per_token == 2 and logits.shape[:1] == (2,) and logits.size == 2 * T and logits.shape[0] != T:
         logits = logits.reshape(2, T).T
-    if logits.size != 2 * T:
-        raise BertrtError(f"packed logits of shape {logits.shape} do not hold 2 values for each of the {T} tokens")
-    out = np.zeros((B, S, 2), dtype=np.float32)
-    out[keep] = logits.reshape(T, 2)
+    if logits.size != per_token * T:
+        raise BertrtError(f"packed values of shape {logits.shape} do not hold {per_token} values for each of the "
+                          f"{T} tokens")
+    out = np.zeros((B, S, per_token), dtype=np.float32)
+    out[keep] = logits.reshape(T, per_token)
     return out
 
 

@@ -1,10 +1,10 @@
 """Latency and throughput per batch size, measured as the former demo's perf.py did.
 
-Inputs are random (ids in [0, vocab), segments in [0, 2), mask all ones, seed 12345). Each batch size runs
-``warmup`` untimed iterations, then at least ``iterations`` timed ones and at least ``duration`` seconds.
-Percentiles are ``sorted[int(n·p)]``. A TensorRT engine is timed with CUDA events around the execution only
-(inputs stay on the device), replayed from a CUDA graph by default; the other backends by wall clock
-around ``Backend.run``.
+Inputs are random (ids in [0, vocab), segments in [0, 2), mask all ones, seed 12345; the demo's RandomState
+drew other values of the same kind). Each batch size runs ``warmup`` untimed iterations, then at least
+``iterations`` timed ones and at least ``duration`` seconds. Percentiles are ``sorted[int(n·p)]``. A TensorRT
+engine is timed with CUDA events around the execution only (inputs stay on the device), replayed from a CUDA
+graph by default; the other backends by wall clock around ``Backend.run``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import ctypes
 import time
 from dataclasses import asdict, dataclass
 
-import click
 import numpy as np
+
+from bertrt import contract
+from bertrt.progress import Progress, task
 
 SEED = 12345
 WARMUP = 10  # the demo's perf.py defaults; its benchmark script used 100 and 1000
@@ -39,11 +41,8 @@ class PerfResult:
 
 
 def random_feeds(batch: int, seq: int, vocab: int, seed: int = SEED) -> dict[str, np.ndarray]:
-    """The demo's benchmark inputs for one batch size."""
-    rng = np.random.RandomState(seed)
-    return {"input_ids": rng.randint(0, vocab, size=(batch, seq)).astype(np.int32),
-            "segment_ids": rng.randint(0, 2, size=(batch, seq)).astype(np.int32),
-            "input_mask": np.ones((batch, seq), dtype=np.int32)}
+    """The benchmark inputs for one batch size: every position a real token, as the demo timed them."""
+    return contract.random_feeds(batch, seq, vocab, seed=seed, lengths="full")
 
 
 def percentile(sorted_times: list[float], p: float) -> float:
@@ -192,20 +191,19 @@ def trt_times(backend, feeds, warmup: int, iterations: int, duration_s: float = 
 
 def run_perf(backend, batches, seq: int, *, warmup: int = WARMUP, iterations: int = ITERATIONS,
              duration_s: float = 0.0, seed: int = SEED, cuda_graph: bool = True,
-             progress: bool = False) -> list[PerfResult]:
+             progress: Progress | None = None) -> list[PerfResult]:
     """One PerfResult per batch size, in the order given."""
     results = []
     for batch in batches:
         feeds = random_feeds(batch, seq, backend.vocab_size, seed)
-        with click.progressbar(length=iterations, label=f"batch {batch}", file=click.get_text_stream("stderr"),
-                               hidden=not progress) as bar:
+        with task(progress, f"perf batch {batch}", iterations, "iterations") as advance:
             if backend.name == "tensorrt":
-                times = trt_times(backend, feeds, warmup, iterations, duration_s, cuda_graph, bar.update)
+                times = trt_times(backend, feeds, warmup, iterations, duration_s, cuda_graph, advance)
             else:
                 def step():
                     backend.run(feeds)  # wall clock: time_loop measures the call
 
-                times = time_loop(step, warmup, iterations, duration_s, bar.update)
+                times = time_loop(step, warmup, iterations, duration_s, advance)
         results.append(summarize(times, batch, seq, warmup))
     return results
 

@@ -6,25 +6,23 @@ import json
 
 import click
 
+from bertrt.options import (batch_option, log, max_answer_length_option, out_option, report_option, reporter,
+                            squad_json_option)
 from bertrt.run.cli_options import model_options, open_from_options, resolve_seq, text_options, tokenizer_for
 
 
 @click.command("squad")
 @model_options
-@click.option("--squad-json", required=True, type=click.Path(dir_okay=False),
-              help="SQuAD v1.1 file (e.g. dev-v1.1.json, from 'bertrt zoo download squad-v1.1').")
-@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="predictions.json", show_default=True,
-              help="Predictions JSON {question id: answer text}, for SQuAD's evaluate-v1.1.py.")
+@squad_json_option("Questions to answer and score")
+@out_option("Predictions JSON {question id: answer text}, for SQuAD's evaluate-v1.1.py.", default="predictions.json")
 @text_options
-@click.option("-b", "--batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Features per inference call.")
+@batch_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
 @click.option("--n-best", "n_best", type=click.IntRange(min=1), default=20, show_default=True,
               help="Start and end candidates per feature.")
-@click.option("--max-answer-length", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the scores (EM, F1, counts) as JSON.")
-def squad(engine, onnx, amax, squad_json, out, vocab, seq, batch, limit, n_best, max_answer_length, json_out):
+@max_answer_length_option
+@report_option("Also write the scores (EM, F1, counts) as JSON.")
+def squad(engine, onnx, amax, squad_json, out, vocab, seq, batch, limit, n_best, max_answer_length, report_path):
     """Answer every question of a SQuAD v1.1 file and score exact match and F1.
 
     With --amax, a fused graph runs as TensorRT 10 runs it in implicit INT8: its INT8 plugins with the
@@ -42,13 +40,13 @@ def squad(engine, onnx, amax, squad_json, out, vocab, seq, batch, limit, n_best,
     tokenizer = tokenizer_for(vocab)
     with open_from_options(engine, onnx, amax) as backend:
         seq = resolve_seq(backend, seq)
-        click.echo(f"{len(examples)} questions, {backend!r}, seq {seq}, batch {batch}", err=True)
-        predictions = predict_examples(backend, tokenizer, examples, seq=seq, batch=batch, progress=True,
+        log(f"{len(examples)} questions, {backend!r}, seq {seq}, batch {batch}")
+        predictions = predict_examples(backend, tokenizer, examples, seq=seq, batch=batch, progress=reporter(),
                                        n_best_size=n_best, max_answer_length=max_answer_length)
     texts = {qas_id: p.text for qas_id, p in predictions.items()}
     write_text(out, json.dumps(texts, indent=2, ensure_ascii=False) + "\n")
     scores = evaluate(examples, texts)
-    if json_out:
-        write_text(json_out, json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    if report_path:
+        write_text(report_path, json.dumps(scores, indent=2, sort_keys=True) + "\n")
     click.echo(f"wrote {out}")
     click.echo(f"exact_match {scores['exact_match']:.2f}  f1 {scores['f1']:.2f}  ({scores['total']} questions)")

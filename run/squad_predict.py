@@ -8,24 +8,22 @@ features and their answers compared.
 
 from __future__ import annotations
 
-import click
 import numpy as np
 
+from bertrt.progress import Progress, task
 from bertrt.run.features import Feature, examples_features, stack_features
 from bertrt.run.postprocess import MAX_ANSWER_LENGTH, N_BEST_SIZE, Prediction, predict_answer
 
 
-def feature_logits(backend, features: list[Feature], *, seq: int, batch: int = 8, progress: bool = False,
-                   label: str | None = None) -> np.ndarray:
+def feature_logits(backend, features: list[Feature], *, seq: int, batch: int = 8,
+                   progress: Progress | None = None, label: str | None = None) -> np.ndarray:
     """Logits float32 [len(features), seq, 2] of the features, run ``batch`` at a time."""
     out = np.zeros((len(features), seq, 2), np.float32)
-    label = label or f"inference ({backend.name})"
-    with click.progressbar(length=len(features), label=label, file=click.get_text_stream("stderr"),
-                           hidden=not progress) as bar:
+    with task(progress, label or f"inference ({backend.name})", len(features), "features") as advance:
         for start in range(0, len(features), batch):
             chunk = features[start:start + batch]
             out[start:start + len(chunk)] = backend.run(stack_features(chunk))
-            bar.update(len(chunk))
+            advance(len(chunk))
     return out
 
 
@@ -43,8 +41,9 @@ def answers(examples, per_example: list[list[Feature]], logits: np.ndarray, *, n
     return predictions
 
 
-def predict_examples(backend, tokenizer, examples, *, seq: int, batch: int = 8, progress: bool = False,
-                     n_best_size: int = N_BEST_SIZE, max_answer_length: int = MAX_ANSWER_LENGTH) -> dict:
+def predict_examples(backend, tokenizer, examples, *, seq: int, batch: int = 8,
+                     progress: Progress | None = None, n_best_size: int = N_BEST_SIZE,
+                     max_answer_length: int = MAX_ANSWER_LENGTH) -> dict:
     """{qas_id: Prediction} for examples (``qas_id``, ``question_text``, ``doc_words``)."""
     per_example = examples_features(tokenizer, examples, max_seq_length=seq, progress=progress)
     flat = [f for feats in per_example for f in feats]

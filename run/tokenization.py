@@ -1,8 +1,10 @@
-"""BERT's uncased WordPiece tokenizer, built from the `tokenizers` library's parts.
+"""BERT's uncased WordPiece tokenizer: the `tokenizers` library's ``BertWordPieceTokenizer``.
 
-The parts reproduce Google's ``FullTokenizer(do_lower_case=True)``: the BERT normalizer cleans control
-characters, spaces out CJK characters, strips accents and lower-cases; the BERT pre-tokenizer splits on
-whitespace and punctuation; WordPiece matches the longest vocabulary piece first.
+It reproduces Google's ``FullTokenizer(do_lower_case=True)``: the BERT normalizer cleans control characters,
+spaces out CJK characters, strips accents and lower-cases; the BERT pre-tokenizer splits on whitespace and
+punctuation; WordPiece matches the longest vocabulary piece first. Two settings differ from the library's
+defaults to match Google: words of up to 200 characters are split (the library stops at 100), and the
+vocabulary is read as Google's reader reads it (``read_vocab``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 import os
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from bertrt.errors import BertrtError
 
@@ -21,20 +23,15 @@ SEP = "[SEP]"
 MAX_CHARS_PER_WORD = 200  # longer words become [UNK], as in Google's WordPiece
 
 
-def _normalizer() -> normalizers.Normalizer:
-    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
-                                      lowercase=True)
-
-
 @functools.lru_cache(maxsize=1)
-def _basic_parts():
-    return _normalizer(), pre_tokenizers.BertPreTokenizer()
+def _basic() -> BertWordPieceTokenizer:
+    return BertWordPieceTokenizer(lowercase=True)  # no vocabulary: its normalizer and pre-tokenizer
 
 
 def basic_tokenize(text: str) -> list[str]:
     """Google's BasicTokenizer (lower case): normalized words and punctuation, before WordPiece."""
-    normalizer, pre_tokenizer = _basic_parts()
-    return [word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+    t = _basic()
+    return [word for word, _ in t.pre_tokenizer.pre_tokenize_str(t.normalizer.normalize_str(text))]
 
 
 def read_vocab(path: str | os.PathLike) -> dict[str, int]:
@@ -65,10 +62,9 @@ class WordPieceTokenizer:
     def __init__(self, vocab_path: str | os.PathLike):
         self.vocab_path = Path(vocab_path)
         self.vocab = read_vocab(self.vocab_path)
-        model = models.WordPiece(self.vocab, unk_token=UNK, max_input_chars_per_word=MAX_CHARS_PER_WORD)
-        self._tokenizer = Tokenizer(model)
-        self._tokenizer.normalizer = _normalizer()
-        self._tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self._tokenizer = BertWordPieceTokenizer(self.vocab, unk_token=UNK, sep_token=SEP, cls_token=CLS,
+                                                 lowercase=True)
+        self._tokenizer.model.max_input_chars_per_word = MAX_CHARS_PER_WORD
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of a text (a question, or one document word)."""
@@ -92,3 +88,12 @@ class WordPieceTokenizer:
 def load_tokenizer(vocab_path: str | os.PathLike) -> WordPieceTokenizer:
     """A tokenizer per vocab file, built once (the vocabulary takes a moment to load)."""
     return WordPieceTokenizer(vocab_path)
+
+
+def vocab_or_default(vocab: str | os.PathLike | None) -> str | os.PathLike:
+    """``vocab``, or BERT's uncased vocab.txt (what the zoo's models and NGC's checkpoints use) when it is None."""
+    if vocab is not None:
+        return vocab
+    from bertrt.convert.zoo import vocab_path
+
+    return vocab_path()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import INPUT_MASK
 from bertrt.errors import BertrtError
-from bertrt.surgery.graph_utils import graph_input
+from bertrt.surgery.graph_utils import graph_input, rank, replace_uses
 
 TO_SB = "bertrt_to_sb"
 FROM_SB = "bertrt_from_sb"
@@ -75,3 +76,36 @@ def to_5d(graph: gs.Graph, y: gs.Tensor, C: int, prefix: str) -> gs.Variable:
 def from_5d(graph: gs.Graph, p: gs.Tensor, C: int, prefix: str) -> gs.Variable:
     return node(graph, "Reshape", f"{prefix}/from_5d", [p, gs.Constant(f"{prefix}/from_5d/shape", np.array([0, 0, C], np.int64))],
                  shape=["seq", "batch", C])
+
+
+def plugin_output(graph: gs.Graph, ctx, out: gs.Tensor, C: int, prefix: str, replaces: gs.Tensor,
+                  model_rank: int) -> gs.Variable:
+    """A plugin's [S,B,C,1,1] output back in the model's layout (rank 2 or 3), taking the place of ``replaces``:
+    every use of that tensor reads the plugin's values instead, and the INT8 name map knows they are its."""
+    sb = from_5d(graph, out, C, prefix)
+    model = from_sb(graph, sb, model_rank, C)
+    replace_uses(graph, replaces, model)
+    ctx.alias([out, sb, model], [replaces])
+    return model
+
+
+def model_rank(graph: gs.Graph, t: gs.Tensor, ctx) -> int:
+    """The rank of a hidden-state tensor: from its shape or its producers, else by running what computes it
+    once on a small valid batch (opset-10/11 exports leave many Reshape targets that inference cannot follow).
+    Raises NoMatch where it is neither 2 nor 3."""
+    from bertrt.surgery.framework import NoMatch
+    from bertrt.surgery.region import RegionError, evaluate
+
+    r = rank(t)
+    if r is None:
+        B, S = ctx.proof_shape(seq=8)
+        feeds = [(i, (np.ones if i.name == INPUT_MASK else np.zeros)((B, S), np.dtype(i.dtype or np.int32)))
+                 for i in graph.inputs]
+        try:
+            (value,) = evaluate(graph, [t], feeds)
+        except RegionError as e:
+            raise NoMatch(f"the rank of {t.name} is unknown and it cannot be computed: {e}") from None
+        r = value.ndim
+    if r not in (2, 3):
+        raise NoMatch(f"{t.name} has rank {r}; hidden states are [batch, seq, hidden] or [batch*seq, hidden]")
+    return r

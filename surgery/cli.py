@@ -7,10 +7,8 @@ import json
 import click
 
 from bertrt import config
-
-
-def _log(msg):
-    click.echo(msg, err=True)
+from bertrt.options import log as _log
+from bertrt.options import out_option, precision_option, report_option, target_option
 
 
 @click.group()
@@ -40,22 +38,18 @@ def list_cmd():
     click.echo("\ntargets: " + ", ".join(config.names("targets")))
 
 
-def _targets():
-    return click.Choice(config.names("targets"))
-
-
 @surgery.command("run")
 @click.argument("src", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Fused ONNX file to write.")
-@click.option("--target", "-t", type=_targets(), default="trt10", show_default=True,
-              help="Which plugin versions and precision style (configs/targets).")
-@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="int8: trt10 targets run QKVToContext/SkipLayerNorm in INT8 where the plugins allow it (ranges "
-                   "from `bertrt calibrate`); trt11 gets the FP16 graph that `bertrt calibrate qdq` quantizes.")
-@click.option("--passes", default=None, help="Comma-separated pass names instead of the target's list.")
+@out_option("Fused ONNX file to write.")
+@target_option
+@precision_option(help="Precision of the plugin nodes. int8: trt10 targets run QKVToContext/SkipLayerNorm in INT8 "
+                       "where the plugins allow it (ranges from `bertrt calibrate`); trt11 gets the FP16 graph that "
+                       "`bertrt calibrate qdq` quantizes.")
+@click.option("--passes", default=None, help="Comma-separated pass names instead of the default list "
+                                             "(`bertrt surgery list`).")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@report_option("Write the report (per pass: rewrites, misses and why, notes) as JSON.")
 @click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
 @click.option("--name-map", "name_map_path", type=click.Path(dir_okay=False), default=None,
               help="Write original tensor -> fused tensors as JSON, to name INT8 ranges after the fused graph "
@@ -63,13 +57,13 @@ def _targets():
 @click.option("--varseqlen", is_flag=True,
               help="Pack: var-seqlen plugins on packed tokens (inputs [T] + cu_seqlens + max_seqlen); forces fp16.")
 def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_partial, name_map_path, varseqlen):
-    """Fuse SRC (a canonical model from `bertrt convert`) into plugin nodes.
+    """Fuse SRC (a canonical model from `bertrt convert`) into plugin nodes and write the fused graph.
 
     Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
     not match, why. A partly fused encoder is an error unless --allow-partial.
     """
     if varseqlen and precision != "fp16":
-        _log("--varseqlen: precision fp16 (the var-seqlen plugins have no FP32)")
+        _log(f"--varseqlen: precision fp16, not {precision} (the var-seqlen plugins have no FP32 and no INT8 here)")
     _run(src, out, target, precision, passes.split(",") if passes else None, dump_dir, report_path,
          allow_partial, varseqlen, name_map_path)
 
@@ -77,12 +71,12 @@ def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_pa
 @surgery.command("pass")
 @click.argument("name")
 @click.argument("src", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--target", "-t", type=_targets(), default="trt10", show_default=True)
-@click.option("--precision", "-p", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None)
+@out_option("ONNX file to write: SRC after the pass.")
+@target_option
+@precision_option(help="Precision the pass works for (the precision pass sets it; the others read it).")
+@report_option("Write the pass's report as JSON.")
 def pass_cmd(name, src, out, target, precision, report_path):
-    """Run one pass NAME alone on SRC (see `bertrt surgery list`)."""
+    """Run one pass NAME alone on SRC (see `bertrt surgery list`); a partial result is written as it is."""
     from bertrt.surgery.framework import get_pass
 
     get_pass(name)  # a clear error for an unknown name before reading the model
@@ -92,7 +86,7 @@ def pass_cmd(name, src, out, target, precision, report_path):
 @surgery.command("inspect")
 @click.argument("src", type=click.Path())
 def inspect_cmd(src):
-    """Plugin nodes by name and version, encoder ops left unfused, and validator problems."""
+    """What SRC holds: plugin nodes by name and version, encoder ops left unfused, and validator problems."""
     from bertrt.onnx_io import load_model
     from bertrt.surgery.inspect_model import inspect
 
@@ -108,7 +102,7 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
         result = pipeline.run_file(src, target=target, precision=precision, passes=passes, dump_dir=dump_dir,
                                    log=_log, varseqlen=varseqlen)
     except BertrtError as e:  # a pass refusing the model (a plugin limit) names the model
-        raise e if e.path else BertrtError(e.problem, src) from None
+        raise e.at(src) from None
     click.echo(pipeline.report_table(result))
     if report_path:
         pipeline.write_report(result, report_path)

@@ -133,17 +133,90 @@ def depends_on(t: gs.Tensor, source: gs.Tensor, limit: int = 10_000) -> bool:
     return False
 
 
-def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
-    """Point every consumer of old (and the graph outputs) at new. A graph output keeps its name."""
+SHAPE_OPS = ("Shape", "Size")  # their outputs carry a tensor's shape, none of its values
+
+
+def value_path(inputs: list[gs.Tensor], outputs: list[gs.Tensor]) -> list[gs.Node]:
+    """The nodes that compute ``outputs`` from the values of ``inputs``, in topological order: the
+    ancestors of outputs (up to inputs) that read one of inputs or another such node's output. Nodes that
+    only read shapes (Shape, and what computes Reshape targets from it) and side inputs (masks) are not on it."""
+    carried = {id(t) for t in inputs}
+    path = []
+    for n in ancestors(outputs, stop=inputs):
+        if n.op not in SHAPE_OPS and any(id(t) in carried for t in n.inputs):
+            path.append(n)
+            carried.update(id(o) for o in n.outputs)
+    return path
+
+
+def removal_problem(graph: gs.Graph, inputs: list[gs.Tensor], nodes: list[gs.Node],
+                    outputs: list[gs.Tensor]) -> str | None:
+    """Why ``nodes`` (between ``inputs`` and ``outputs``) would not all go once every use of ``outputs``
+    moves to a fused tensor, or None.
+
+    A node goes when nothing needs its outputs any more (onnxscript's check_nodes_are_removable, with the
+    nodes that would go along, such as the Shape of a projection feeding its own head-split Reshape,
+    counted as gone). One that stays means the original compute keeps running beside the fusion."""
+    upstream = ancestors(outputs, stop=inputs)
+    replaced = {id(t) for t in outputs}
+    graph_outputs = {id(t) for t in graph.outputs}
+    gone: set[int] = set()
+    for n in reversed(upstream):  # consumers before their producers
+        needed = any(id(o) not in replaced and (id(o) in graph_outputs or any(id(c) not in gone for c in o.outputs))
+                     for o in n.outputs)
+        if not needed:
+            gone.add(id(n))
+    on_path = {id(n) for n in nodes}
+    # A node that stays is needed by a graph output or a consumer that stays; following the consumers on the
+    # path that stay ends at one whose consumer is off the path: that is the use to name.
+    for n in nodes:
+        if id(n) in gone:
+            continue
+        for o in n.outputs:
+            if id(o) in replaced:
+                continue
+            if id(o) in graph_outputs:
+                return f"{o.name} (from {n.op} {n.name}) is a graph output too: fusing would leave the original nodes running"
+            user = next((c for c in o.outputs if id(c) not in on_path and id(c) not in gone), None)
+            if user is not None:
+                return (f"{o.name} (from {n.op} {n.name}) is used elsewhere too, by {user.op} {user.name}: fusing "
+                        f"would leave the original nodes running")
+    return None
+
+
+def unique_name(graph: gs.Graph, base: str, tensor: bool = False) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : a name no other node (or, with ``tensor``, no other tensor) of
+    the graph has. ONNX Runtime refuses two nodes of one name, and sources may have unnamed or clashing nodes."""
+    key = "_bertrt_taken_tensors" if tensor else "_bertrt_taken"
+    taken = graph.__dict__.get(key)
+    if taken is None:
+        taken = set(graph.tensors()) if tensor else {n.name for n in graph.nodes}
+        graph.__dict__[key] = taken
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+    """Point every consumer of old (and the graph outputs) at new. A graph output keeps its name: new
+    takes it. Returns False, changing nothing, where new cannot take it (a graph input, a constant or
+    another output)."""
+    at = [i for i, t in enumerate(graph.outputs) if t is old]
+    if at and (isinstance(new, gs.Constant) or any(new is t for t in graph.inputs)
+               or any(new is t for t in graph.outputs)):
+        return False
     for consumer in list(old.outputs):
         for i, t in enumerate(consumer.inputs):
             if t is old:
                 consumer.inputs[i] = new
-    for i, t in enumerate(graph.outputs):
-        if t is old:
-            name = old.name
-            old.name = f"{name}.replaced"
-            new.name = name
-            new.dtype = new.dtype or old.dtype
-            new.shape = new.shape if new.shape is not None else old.shape
-            graph.outputs[i] = new
+    for i in at:
+        name = old.name
+        old.name = f"{name}.replaced"
+        new.name = name
+        new.dtype = new.dtype or old.dtype
+        new.shape = new.shape if new.shape is not None else old.shape
+        graph.outputs[i] = new
+    return True

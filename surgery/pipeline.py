@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from bertrt import config
+from bertrt.contract import PRECISIONS
 from bertrt.errors import BertrtError
 from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
@@ -22,7 +23,6 @@ from bertrt.surgery.framework import Context, PassReport, get_pass
 DEFAULT_PASSES = ["sanitize", "dequantize", "layernorm", "attention", "embeddings", "skip_layernorm", "gelu", "layout", "precision"]
 # Ops that must not be left in a fully fused encoder.
 UNFUSED_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "GlobalAveragePool", "Erf")
-PRECISIONS = ("fp32", "fp16", "int8")
 VARSEQLEN_PASS = "pack-varseqlen"
 
 
@@ -58,10 +58,6 @@ class SurgeryResult:
                 "name_map": self.name_map()}
 
 
-def passes_for(target: dict) -> list[str]:
-    return list(target.get("passes", DEFAULT_PASSES))
-
-
 def run(model: onnx.ModelProto, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
         dump_dir: str | os.PathLike | None = None, log=lambda msg: None, consume: bool = False,
         varseqlen: bool = False) -> SurgeryResult:
@@ -92,15 +88,16 @@ def _check_options(target, precision, passes) -> None:
 def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", passes: list[str] | None = None,
               dump_dir=None, log=lambda msg: None, varseqlen: bool = False) -> SurgeryResult:
     tgt = config.target(target)
-    names = passes or passes_for(tgt)
+    names = passes or DEFAULT_PASSES
     if varseqlen:
         names = [n for n in names if n != VARSEQLEN_PASS] + [VARSEQLEN_PASS]
         precision = "fp16"
     pass_objs = [get_pass(n) for n in names]
     originals = set(graph.tensors())
     ids = next((t for t in graph.inputs if t.name == "input_ids"), None)
-    seq = ids.shape[1] if ids is not None and ids.shape and isinstance(ids.shape[1], int) else None
-    ctx = Context(target=tgt, precision=precision, seq=seq)
+    dims = list(ids.shape) if ids is not None and ids.shape is not None and len(ids.shape) == 2 else [None, None]
+    batch, seq = (d if isinstance(d, int) and d > 0 else None for d in dims)
+    ctx = Context(target=tgt, precision=precision, seq=seq, batch=batch)
     reports = []
     for i, p in enumerate(pass_objs, 1):
         log(f"[{i}/{len(pass_objs)}] {p.name}: {p.description}")
@@ -153,8 +150,33 @@ def summarize(graph):
             version = read_attrs(n).get("plugin_version")
             counts[f"{op(n)} v{version.value if version else '?'}"] += 1
             problems += [f"{n.name}: {p}" for p in validate(n, info)]
-    leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS)
+    encoder = _feeding_plugins(nodes, op)
+    leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS and (encoder is None or id(n) in encoder))
     return dict(sorted(counts.items())), dict(sorted(leftover.items())), problems
+
+
+def _feeding_plugins(nodes, op) -> set[int] | None:
+    """id() of every node a plugin node reads from, directly or not: the encoder, as far as it is fused. Ops
+    after the last plugin are a head (an MLM head has its own LayerNorm), not an unfused part of the encoder.
+    None where there is no plugin node (then every op counts)."""
+    plugins = [n for n in nodes if op(n) in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM)]
+    if not plugins:
+        return None
+    if isinstance(plugins[0], gs.Node):
+        producer_of = {id(t): p for p in nodes for t in p.outputs}
+        inputs_of = lambda n: [id(t) for t in n.inputs]  # noqa: E731
+    else:
+        producer_of = {t: p for p in nodes for t in p.output if t}
+        inputs_of = lambda n: list(n.input)  # noqa: E731
+    seen, work = set(), list(plugins)
+    while work:
+        n = work.pop()
+        for t in inputs_of(n):
+            p = producer_of.get(t)
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                work.append(p)
+    return seen
 
 
 def plugin_totals(counts: dict) -> dict:

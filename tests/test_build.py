@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from bertrt.cli import cli
 from bertrt.errors import BertrtError
 from bertrt.plugins.handbuilt import fused_bert, random_bert_weights
+from bertrt.ranges import read_ranges
 from bertrt.run.engine_build import (check_profiles, make_loaders, make_plan, model_facts, read_calib_cache,
-                                     read_ranges)
+                                     tactic_source_bits)
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -140,7 +141,7 @@ def test_model_facts_and_profile_check(fused, tiny_onnx):
     facts = model_facts(onnx.load(fused))
     assert facts == {"varseqlen": False, "has_qdq": False, "dims": {n: (None, None) for n in INPUTS}}
     plan = make_plan(tiny_onnx, "e", target="trt10", precision="fp16", batches=(1, 8), seqs=(384,))
-    with pytest.raises(BertrtError, match="fixed dimension 1 = 128.*--seq 128"):
+    with pytest.raises(BertrtError, match="fixed dimension 1 = 128.*sequence length 128"):
         check_profiles(plan, model_facts(onnx.load(tiny_onnx))["dims"], tiny_onnx)
 
 
@@ -151,7 +152,7 @@ def test_read_ranges_and_cache(tmp_path, ranges, cache):
     assert read_ranges(nested) == {"a": 1.0}
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": -1}')
-    with pytest.raises(BertrtError, match="positive"):
+    with pytest.raises(BertrtError, match="finite number >= 0"):
         read_ranges(bad)
     algorithm, data = read_calib_cache(cache)
     assert algorithm == "EntropyCalibration2" and data == cache.read_bytes()
@@ -192,3 +193,48 @@ def test_dry_run_and_bad_combinations(fused, tiny_onnx, tmp_path):
     result = CliRunner().invoke(cli, ["build", str(fused), "-o", str(tmp_path / "e.plan"), "--batch", "1,x"])
     assert result.exit_code == 2
     assert not (tmp_path / "e.plan").exists()
+
+
+def test_tactic_sources_change_the_default_by_name():
+    members = {"CUBLAS": 0, "CUBLAS_LT": 1, "CUDNN": 2, "EDGE_MASK_CONVOLUTIONS": 3}
+    default = 0b1110  # what TensorRT 10 enables: cuBLASLt, cuDNN, edge-mask convolutions
+    assert tactic_source_bits(default, ("+CUBLAS", "-CUDNN"), members) == 0b1011
+    assert tactic_source_bits(default, ("+GONE",), members) == default  # a source this TensorRT lacks
+
+
+def test_the_plan_comes_from_the_inputs_alone_and_tensorrt_before_the_graph(fused, tmp_path, monkeypatch):
+    from bertrt.graph_io import read_skeleton
+
+    skeleton = read_skeleton(fused)
+    assert model_facts(skeleton) == model_facts(onnx.load(fused))
+    assert [n.op_type for n in skeleton.graph.node] == [n.op_type for n in onnx.load(fused).graph.node]
+    assert all(not n.attribute for n in skeleton.graph.node) and all(not t.raw_data for t in skeleton.graph.initializer)
+    if HAS_TRT:
+        return
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the graph was loaded")
+
+    monkeypatch.setattr(onnx, "load", no_loading)
+    monkeypatch.setattr(onnx, "load_model", no_loading)
+    result = CliRunner().invoke(cli, ["build", str(fused), "-o", str(tmp_path / "e.plan")])
+    assert result.exit_code == 3 and "TensorRT is needed" in result.output
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(fused.read_bytes()[:5000])
+    result = CliRunner().invoke(cli, ["build", str(truncated), "-o", str(tmp_path / "e.plan")])
+    assert result.exit_code == 1 and f"Error: {truncated}: not a readable ONNX model" in result.output
+
+
+def test_the_config_is_polygraphys_with_the_plans_settings(cache, tmp_path):
+    from polygraphy.backend.trt import CreateConfig
+
+    plan = make_plan("fused.onnx", "e.plan", target="trt10", precision="int8", batches=(1, 8), seqs=(128, 384),
+                     calib_cache=cache)
+    loaders = make_loaders(plan)
+    config = loaders.create_config
+    assert isinstance(config, CreateConfig) and config.plan is plan
+    assert (config.fp16, config.int8) == (True, True) and len(config.profiles) == 4
+    # The TensorRT-enum arguments are set from the plan when TensorRT builds (it is not here):
+    assert config.memory_pool_limits is None and config.calibrator is None and config.tactic_sources is None
+    assert plan.workspace_mb == 2500 and plan.tactic_sources == ("+CUBLAS", "-CUDNN")
+    assert plan.calibrate_before_fusion and plan.calib_cache == str(cache)

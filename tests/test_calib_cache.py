@@ -5,7 +5,7 @@ import pytest
 
 from bertrt.calibrate.cache import (cache_text, hex_scale, parse_cache, read_cache, scale_hex, trt_version_number,
                                     write_cache)
-from bertrt.calibrate.ranges import apply_name_map
+from bertrt.ranges import apply_name_map
 from bertrt.errors import BertrtError
 
 

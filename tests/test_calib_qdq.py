@@ -138,6 +138,7 @@ def _agreement(model_path, qdq, feeds):
     return res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["percentile", "minmax"])
 def test_minilm_qdq_against_fp32(minilm_onnx, method):
     calib = squad_feeds(DATA / "pydoc_qa_calib.json", vocab_path(), 128, num=100)

@@ -85,6 +85,7 @@ def test_choose_moves_an_outlier_channel_into_the_weights():
     assert smooth.smoothing_scale(np.array([1e9]), np.array([1.0]), 1.0)[0] == smooth.SCALE_LIMIT
 
 
+@pytest.mark.slow
 def test_smoothed_minilm_computes_the_same(minilm, minilm_onnx):
     canonical, smoothed, plan, feeds = minilm
     chosen = [p for p in plan if p.alpha is not None]
@@ -102,6 +103,7 @@ def test_smoothed_minilm_computes_the_same(minilm, minilm_onnx):
     assert len(changed) == sum(len(p.gemms) for p in chosen)
 
 
+@pytest.mark.slow
 def test_roles_and_groups_see_through_the_smoothing(minilm):
     canonical, smoothed, plan, feeds = minilm
     before, after = select_tensors(canonical), select_tensors(smoothed)
@@ -114,6 +116,7 @@ def test_roles_and_groups_see_through_the_smoothing(minilm):
     assert len(gelu) == 6 and not any(t.endswith(smooth.SMOOTHED) for t in gelu)
 
 
+@pytest.mark.slow
 def test_skipped_gemms_are_left_alone(minilm):
     canonical, _, _, feeds = minilm
     skip = float_gemms(canonical, ["ffn2"])
@@ -122,6 +125,7 @@ def test_skipped_gemms_are_left_alone(minilm):
     assert not {g for p in plan for g in p.gemms} & set(skip)
 
 
+@pytest.mark.slow
 def test_surgery_fuses_the_smoothed_model(minilm, minilm_onnx, tmp_path):
     _, smoothed, plan, feeds = minilm
     path = tmp_path / "smoothed.onnx"
@@ -139,6 +143,7 @@ def test_surgery_fuses_the_smoothed_model(minilm, minilm_onnx, tmp_path):
         assert np.max(np.abs(ref.run(["logits"], feed)[0] - runner.run(feed)["logits"])) < 1e-4
 
 
+@pytest.mark.slow
 def test_minilm_int8_closer_to_fp32_smoothed(minilm, minilm_onnx):
     """Full INT8 GEMMs (Q/DQ, minmax ranges) on MiniLM: below the 0.99 cosine target as converted, above it
     smoothed; leaving the FFN2 GEMMs in float (smoothing the rest) comes closer still."""

@@ -8,12 +8,13 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 
 import numpy_bert
 from bertrt.cli import cli
 from bertrt.convert.checkpoint import BertConfig, find_prefix, read_weights, write_checkpoint
-from bertrt.convert.tf_convert import random_feeds
+from bertrt.convert.tf_convert import check_feeds
 
 
 def _ort(path, feeds):
@@ -43,7 +44,7 @@ def test_canonical_contract(tiny_onnx):
 def test_tiny_matches_independent_numpy_bert(tiny_ckpt, tiny_onnx):
     cfg = BertConfig.load(tiny_ckpt / "bert_config.json")
     w = read_weights(find_prefix(tiny_ckpt), cfg)
-    feeds = random_feeds(3, 128, cfg.vocab_size, seed=7)
+    feeds = check_feeds(3, 128, cfg.vocab_size, seed=7)
     expected = numpy_bert.squad_logits(w, cfg.num_attention_heads, **feeds)
     got = _ort(tiny_onnx, feeds)
     assert np.abs(got - expected).max() <= 1e-4
@@ -56,6 +57,7 @@ def test_tiny_matches_independent_numpy_bert(tiny_ckpt, tiny_onnx):
         np.testing.assert_allclose(got2[0, :n], got[0, :n], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_minilm_on_real_sentences(minilm_ckpt, minilm_converted):
     from tokenizers import BertWordPieceTokenizer
 
@@ -89,9 +91,10 @@ def test_dynamic_seq(tiny_ckpt, tmp_path):
     dims = [d.dim_param or d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "seq"]
     for s in (16, 200):
-        assert _ort(out, random_feeds(1, s, 30522)).shape == (1, s, 2)
+        assert _ort(out, check_feeds(1, s, 30522)).shape == (1, s, 2)
 
 
+@pytest.mark.slow
 def test_same_input_same_bytes(tiny_ckpt, tmp_path):
     outs = []
     for i in range(2):  # separate processes, as a user runs the command
@@ -165,4 +168,4 @@ def test_truncated_checkpoint_data(tiny_ckpt, tmp_path):
 
 def test_seq_beyond_positions(tiny_ckpt, tmp_path):
     err = _run_bad(["-c", str(tiny_ckpt), "-s", "1024"], tmp_path / "m.onnx")
-    assert "--seq 1024" in err and "max_position_embeddings" in err
+    assert "sequence length 1024" in err and "max_position_embeddings" in err

@@ -269,7 +269,7 @@ def test_squad_amax_runs_the_simulation_calibrate_evaluate_scores(flow, tiny_onn
                    amax=ranges, progress=False)
     out = tmp_path / "p.json"
     r = _cli("squad", "--onnx", flow / "trt10.onnx", "--amax", flow / "ranges.json", "--squad-json",
-             DATA / "pydoc_qa_eval.json", "--limit", EVAL_NUM, "-o", out, "--json", tmp_path / "s.json")
+             DATA / "pydoc_qa_eval.json", "--limit", EVAL_NUM, "-o", out, "--report", tmp_path / "s.json")
     assert r.exit_code == 0, r.output
     assert "9 GEMMs in INT8" in r.output
     scores = json.loads((tmp_path / "s.json").read_text())

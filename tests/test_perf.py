@@ -48,7 +48,7 @@ def test_time_loop_counts_warmup_and_iterations():
 def test_perf_cli_table_and_json(tiny_onnx, tmp_path):
     out = tmp_path / "perf.json"
     result = CliRunner().invoke(cli, ["perf", "--onnx", str(tiny_onnx), "-b", "1,2", "-s", "128", "-w", "2",
-                                      "-i", "10", "--json", str(out)])
+                                      "-i", "10", "--report", str(out)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["batch", "seq", "iters"])

@@ -43,7 +43,7 @@ def canonical(tmp_path_factory):
 
 
 def _squad(model, vocab, out: Path, *extra):
-    r = _cli("squad", "--onnx", model, "--squad-json", SLICE, "--vocab", vocab, "-o", out, "--json",
+    r = _cli("squad", "--onnx", model, "--squad-json", SLICE, "--vocab", vocab, "-o", out, "--report",
              out.with_suffix(".scores.json"), *extra)
     return json.loads(out.read_text()), json.loads(out.with_suffix(".scores.json").read_text()), r.output
 

@@ -44,7 +44,7 @@ def run_squad(args):
 def test_squad_on_tiny_matches_independent_run(tiny_onnx, tmp_path):
     out = tmp_path / "predictions.json"
     scores_path = tmp_path / "scores.json"
-    result = run_squad(["--onnx", tiny_onnx, "--squad-json", SAMPLE, "-o", out, "--batch", "4", "--json", scores_path])
+    result = run_squad(["--onnx", tiny_onnx, "--squad-json", SAMPLE, "-o", out, "--batch", "4", "--report", scores_path])
     predictions = json.loads(out.read_text())
     examples, expected = independent_predictions(tiny_onnx, 128)
     assert len(predictions) == len(examples) == 12

@@ -12,7 +12,7 @@ from bertrt.cli import cli
 SAMPLE = Path(__file__).parent / "data" / "squad_sample.json"
 
 
-@pytest.mark.parametrize("which", ["tiny_onnx", "minilm_onnx"])
+@pytest.mark.parametrize("which", ["tiny_onnx", pytest.param("minilm_onnx", marks=pytest.mark.slow)])
 def test_same_predictions_fused_and_original(which, request, tmp_path):
     model = request.getfixturevalue(which)
     fused = tmp_path / "fused.onnx"

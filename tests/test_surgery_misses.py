@@ -172,7 +172,7 @@ def test_gelu_alone_upgrades_the_graph_to_opset_20(tiny_onnx):
     """Gelu is an opset-20 op: run alone on the raw graph, the pass also rewrites the opset-17 ReduceMeans."""
     import onnxruntime as ort
 
-    from bertrt.convert.tf_convert import random_feeds
+    from bertrt.convert.tf_convert import check_feeds
 
     original = onnx.load(tiny_onnx)
     result = pipeline.run(onnx.load(tiny_onnx), passes=["gelu"])
@@ -182,7 +182,7 @@ def test_gelu_alone_upgrades_the_graph_to_opset_20(tiny_onnx):
     assert next(o.version for o in model.opset_import if o.domain == "") == 20
     reduce = [n for n in model.graph.node if n.op_type == "ReduceMean"]
     assert reduce and all(len(n.input) == 2 and "axes" not in [a.name for a in n.attribute] for n in reduce)
-    feeds = random_feeds(2, 128, 30522, seed=4)
+    feeds = check_feeds(2, 128, 30522, seed=4)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(run(model), run(original), atol=1e-5)
 
@@ -191,7 +191,7 @@ def test_a_miss_leaves_that_layer_as_it_was(tiny_onnx):
     """Layer 0's attention is broken: it keeps its Softmax, layer 1 is fused, and outputs stay equal."""
     import onnxruntime as ort
 
-    from bertrt.convert.tf_convert import random_feeds
+    from bertrt.convert.tf_convert import check_feeds
     from bertrt.plugins.runner import ReferenceRunner
 
     model = onnx.load(tiny_onnx)
@@ -199,7 +199,7 @@ def test_a_miss_leaves_that_layer_as_it_was(tiny_onnx):
     result = pipeline.run(model)
     assert pipeline.plugin_totals(result.counts)["QKVToContext"] == 1
     assert result.leftover.get("Softmax") == 1
-    feeds = random_feeds(2, 128, 30522, seed=3)
+    feeds = check_feeds(2, 128, 30522, seed=3)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
     got = ReferenceRunner(result.model).run(feeds)["logits"]
     assert np.abs(got - want).max() < 1e-4

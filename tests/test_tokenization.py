@@ -1,6 +1,12 @@
-"""WordPiece against hand-written expectations (pieces looked up in BERT's uncased vocab.txt)."""
+"""WordPiece against hand-written expectations (pieces looked up in BERT's uncased vocab.txt) and against the
+Hugging Face fast tokenizer of the fine-tuned minilm-squad model on real SQuAD text."""
+
+import json
 
 import pytest
+from tokenizers import Tokenizer
+
+from conftest import need_shared
 
 from bertrt.convert import zoo
 from bertrt.errors import BertrtError
@@ -31,6 +37,8 @@ def tok():
     # NUL, BEL, U+FFFD and the zero-width space (format, Cf) are removed; tab separates words
     ("a\x00b\x07c\u200bd\tz", ["abc", "##d", "z"]),
     ("\ufffdok", ["ok"]),
+    # special tokens written in the text stay whole, as in the tokenizer BERT SQuAD models are trained with
+    ("a [SEP] b", ["a", "[SEP]", "b"]),
 ])
 def test_tricky_inputs(tok, text, expected):
     assert tok.tokenize(text) == expected
@@ -75,3 +83,33 @@ def test_vocab_without_special_tokens(tmp_path):
     path.write_text("hello\nworld\n")
     with pytest.raises(BertrtError, match=r"no \[UNK\] token"):
         WordPieceTokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    (path,) = need_shared("models/minilm-squad/tokenizer.json")
+    t = Tokenizer.from_file(str(path))
+    t.no_padding()
+    t.no_truncation()
+    return t
+
+
+def test_same_tokens_as_the_hugging_face_tokenizer_on_the_tricky_cases(tok, hf):
+    cases = ["Café résumé naïve", "don't... (yes)!", "中文字", "unaffable", "Supercalifragilisticexpialidocious",
+             "x" * 201 + "!", "ten\u202fkm", "Hello\u00a0World", "a\x00b\x07c\u200bd\tz", "\ufffdok", "a [SEP] b"]
+    for text in cases:
+        assert tok.tokenize(text) == hf.encode(text, add_special_tokens=False).tokens, text
+    # The one difference, on purpose: Google's WordPiece splits words of up to 200 characters, HF's up to 100.
+    assert tok.tokenize("a" * 150)[0] == "aaa" and hf.encode("a" * 150, add_special_tokens=False).tokens == ["[UNK]"]
+
+
+def test_same_tokens_and_ids_as_the_hugging_face_tokenizer_on_squad_dev(tok, hf):
+    (dev,) = need_shared("data/squad/dev-v1.1.json")
+    texts = []
+    for article in json.loads(dev.read_text(encoding="utf-8"))["data"]:
+        for paragraph in article["paragraphs"]:
+            texts += [paragraph["context"]] + [q["question"] for q in paragraph["qas"]]
+    assert len(texts) == 2067 + 10570  # every passage and question of the dev set
+    different = [t for t in texts
+                 if tok.convert_tokens_to_ids(tok.tokenize(t)) != hf.encode(t, add_special_tokens=False).ids]
+    assert different == []

@@ -3,8 +3,9 @@
 Anchored on each Softmax. From it the pass walks to the score MatMul (through the mask Add or Where
 and the scale Mul/Div), to the Q, K and V projections (through head-split Reshape/Transpose and any
 scale applied to Q or K), and forward from the probabilities to the context (Transpose + Reshape).
-Any overall score scale other than 1/sqrt(H) is folded into the Q weights. Each candidate is run
-against the plugin's numpy reference on random inputs before it is rewritten.
+A projection is ``x @ W + b`` on [B, S, E] or, as keras2onnx writes it, on x flattened to [B*S, E] and
+reshaped back before the bias. Any overall score scale other than 1/sqrt(H) is folded into the Q weights.
+Each candidate is run against the plugin's numpy reference on random inputs before it is rewritten.
 """
 
 from __future__ import annotations
@@ -16,22 +17,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import MASK_IDX, MASK_LEN
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import QKV_TO_CONTEXT, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
-from bertrt.surgery.framework import Pass, register
+from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
 from bertrt.surgery.graph_utils import (
-    const_value, depends_on, graph_input, is_const, last_dim, producer, rank, replace_uses, scalar, trace_back,
+    const_value, depends_on, graph_input, is_const, last_dim, producer, rank, scalar, trace_back,
 )
-from bertrt.surgery.region import RegionError, evaluate, max_rel_err
+from bertrt.surgery.region import evaluate, max_rel_err
 
-MASK_IDX = "bertrt_mask_idx"     # [B, 1] int32 (QKV 1/4), replaced by EmbLayerNorm's output 1 later
-MASK_LEN = "bertrt_mask_len"     # [B] int32 (QKV 2/5 with var_seqlen=0)
-TOLERANCE = 1e-4
-
-
-class NoMatch(Exception):
-    pass
 
 
 @dataclass
@@ -54,6 +50,8 @@ class Candidate:
     heads: int
     ctx: gs.Tensor
     has_mask: bool
+    x_rank: int = 3     # the ranks of the hidden states in and of the context out (2: [B*S, E])
+    ctx_rank: int = 3
 
 
 def _projection(t: gs.Tensor, what: str) -> Projection:
@@ -75,22 +73,45 @@ def _projection(t: gs.Tensor, what: str) -> Projection:
             bias = const_value(p.inputs[1]) if is_const(p.inputs[1]) else const_value(p.inputs[0])
             mm = p.inputs[0] if not is_const(p.inputs[0]) else p.inputs[1]
             mp = producer(mm)
+            if mp is not None and mp.op == "Reshape" and _keeps_last_axis(mp):  # keras2onnx: 2-D MatMul, reshaped back
+                mp = producer(mp.inputs[0])
             if bias is None or mp is None or mp.op != "MatMul":
                 raise NoMatch(f"{what}: Add {p.name} is not a projection bias")
             w = _weight(mp.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {mp.name} has no constant 2-D weight")
-            return Projection(mp.inputs[0], w, bias.reshape(-1).astype(np.float32), scale, p.outputs[0],
-                              [p.outputs[0]] + _unscaled(carriers, scale))
+            return Projection(_unflattened(mp.inputs[0]), w, bias.reshape(-1).astype(np.float32), scale,
+                              p.outputs[0], [p.outputs[0]] + _unscaled(carriers, scale))
         elif p.op == "MatMul":
             w = _weight(p.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {p.name} has no constant 2-D weight")
-            return Projection(p.inputs[0], w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0],
+            return Projection(_unflattened(p.inputs[0]), w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0],
                               [p.outputs[0]] + _unscaled(carriers, scale))
         else:
             raise NoMatch(f"{what} comes from {p.op} {p.name}, not a projection")
     raise NoMatch(f"{what}: too many reshapes before the projection")
+
+
+def _keeps_last_axis(reshape: gs.Node) -> bool:
+    """A Reshape between [B, S, C] and [B*S, C]: its target's last entry is the input's last dim (constant, or
+    the last input of the Concat that computes it)."""
+    C = last_dim(reshape.inputs[0])
+    shape = const_value(reshape.inputs[1])
+    if shape is None and (c := producer(trace_back(reshape.inputs[1], ("Cast",)))) is not None and c.op == "Concat":
+        shape = const_value(c.inputs[-1])
+    if shape is None or shape.ndim != 1 or not 1 <= len(shape) <= 3:
+        return False
+    return C is None or int(shape[-1]) == C
+
+
+def _unflattened(x: gs.Tensor) -> gs.Tensor:
+    """The [B, S, E] hidden states a projection input was flattened from (keras2onnx flattens them to
+    [B*S, E] before each MatMul), or x itself."""
+    p = producer(x)
+    if p is not None and p.op == "Reshape" and _keeps_last_axis(p) and len(x.outputs) == 1:
+        return p.inputs[0]
+    return x
 
 
 def _unscaled(carriers: list, total: float) -> list:
@@ -189,12 +210,13 @@ def _context(softmax: gs.Node):
     pv = t.outputs[0]
     out = pv.outputs[0]
     for _ in range(4):  # heads merged back: Transpose + Reshape (some exports reshape twice)
-        users = [u for u in out.outputs if u.op != "Shape"]  # shape-only users do not read the values
+        merged = rank(out) in (2, 3)
+        # Before the merge a Shape user computes the merge's own target; after it, a Shape user (keras2onnx's
+        # next dense layer reshaping back) needs this tensor itself, so the context ends here.
+        users = [u for u in out.outputs if u.op != "Shape" or merged]
         if len(users) != 1 or users[0].op not in ("Transpose", "Reshape"):
             break
         out = users[0].outputs[0]
-    if rank(out) not in (None, 2, 3):
-        raise NoMatch("the context after the heads are merged is not rank 2 or 3")
     return pv, out
 
 
@@ -255,63 +277,43 @@ def mask_route(ctx, head_size: int) -> str:
     In FP16 and INT8, EmbLayerNorm packs the mask for the fused kernels, which exist only for head size 64;
     with another head size QKV 1/4 would read the packed mask as a mask index, so 2/5 is used instead.
     """
-    return "idx" if ctx.precision == "fp32" or head_size == 64 else "len"
+    fixed = get_spec(QKV_TO_CONTEXT, ctx.plugin_version("qkv_to_context"))
+    return "idx" if ctx.precision == "fp32" or head_size in fixed.fused_head_sizes else "len"
 
 
 @register
-class AttentionPass(Pass):
+class AttentionPass(FusionPass):
     name = "attention"
     description = "Self-attention -> QKV GEMM with the per-head [N,3,H] weight + QKVToContext."
+    what = "attention nodes"
+    reference = "QKVToContext"
 
-    def apply(self, graph: gs.Graph, ctx, report) -> None:
-        mask_input = graph_input(graph, "input_mask")
-        ids = graph_input(graph, "input_ids")
-        if mask_input is None or ids is None:
+    def candidates(self, graph, ctx, report):
+        self._mask, self._ids = graph_input(graph, "input_mask"), graph_input(graph, "input_ids")
+        if self._mask is None or self._ids is None:
             report.miss("graph", "inputs input_ids and input_mask are needed (run `bertrt convert`)")
-            return
+            return []
         softmaxes = [n for n in graph.nodes if n.op == "Softmax"]
         ctx.layers_expected = len(softmaxes)
-        found = []
-        for i, sm in enumerate(softmaxes):
-            where = f"layer {i} (Softmax {sm.name})"
-            try:
-                c = find(graph, sm, mask_input)
-                err = self._check(graph, c, ids, mask_input)
-            except NoMatch as e:
-                report.miss(where, str(e))
-                continue
-            except RegionError as e:
-                report.miss(where, f"cannot evaluate the attention nodes: {e}")
-                continue
-            if err > TOLERANCE:
-                report.miss(where, f"the attention nodes differ from QKVToContext by {err:.2g} (relative) on random inputs")
-                continue
-            found.append(c)
-        for c in found:  # rewrite only after every check ran on the untouched graph
-            self._rewrite(graph, ctx, c, mask_input)
-            report.rewrites += 1
-        if found:
-            ctx.num_heads = found[0].heads
-            E = found[0].q.w.shape[0]
-            report.notes.append(f"{found[0].heads} heads of {E // found[0].heads}; "
-                                f"QKV plugin version {self._version(ctx, E // found[0].heads)}")
+        return [(f"layer {i} (Softmax {sm.name})", sm) for i, sm in enumerate(softmaxes)]
 
-    def _version(self, ctx, head_size):
-        v = ctx.plugin_version("qkv_to_context")
-        if mask_route(ctx, head_size) == "len":
-            v = ctx.plugin_version("qkv_to_context", varseqlen=True)
-        return v
+    def match(self, graph, ctx, softmax) -> Match:
+        c = find(graph, softmax, self._mask)
+        c.x_rank = adapters.model_rank(graph, c.q.x, ctx)
+        c.ctx_rank = adapters.model_rank(graph, c.ctx, ctx)
+        return Match([c.q.x], [c.ctx], c)
 
-    def _check(self, graph, c: Candidate, ids, mask_input) -> float:
+    def verify(self, graph, ctx, m: Match) -> float:
+        c: Candidate = m.data
+        ids, mask_input = self._ids, self._mask
         E, N = c.q.w.shape[0], c.heads
-        S = ids.shape[1] if isinstance(ids.shape[1], int) else 16
-        B = 2
+        B, S = ctx.proof_shape()
         rng = np.random.default_rng(2)
-        r = rank(c.q.x) or 3
         x = rng.standard_normal((B, S, E)).astype(np.float32)
-        lengths = np.array([S, max(1, S // 2)])
+        lengths = proof_lengths(B, S)
         mask = (np.arange(S)[None] < lengths[:, None]).astype(_dtype(mask_input))
-        feeds = [(c.q.x, x.reshape(B * S, E) if r == 2 else x), (mask_input, mask), (ids, np.zeros((B, S), _dtype(ids)))]
+        feeds = [(c.q.x, x.reshape(B * S, E) if c.x_rank == 2 else x), (mask_input, mask),
+                 (ids, np.zeros((B, S), _dtype(ids)))]
         seg = graph_input(graph, "segment_ids")
         if seg is not None:
             feeds.append((seg, np.zeros((B, S), _dtype(seg))))
@@ -320,36 +322,55 @@ class AttentionPass(Pass):
         x_sb = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(S * B, E)  # 2-D: BLAS, not numpy's slow loop
         qkv = (x_sb @ w + b).reshape(S, B, 3 * E, 1, 1)
         want = ref.qkv_fixed(qkv, N, lengths.astype(np.int32).reshape(B, 1) if c.has_mask else None)
-        want = want.reshape(S, B, E).transpose(1, 0, 2).reshape(got.shape)
-        return max_rel_err(got, want)
+        want = want.reshape(S, B, E).transpose(1, 0, 2)
+        return max_rel_err(got, want.reshape(got.shape)) if got.size == want.size else float("inf")
 
-    def _rewrite(self, graph, ctx, c: Candidate, mask_input) -> None:
+    def rewrite(self, graph, ctx, m: Match) -> list:
+        c: Candidate = m.data
+        (x,) = m.inputs
         E, N = c.q.w.shape[0], c.heads
         H = E // N
         w, b = fused_qkv(c)
         prefix = adapters.fresh(graph, "attention")
-        r = rank(c.q.x)
-        x_sb = adapters.to_sb(graph, c.q.x, r, E)
+        x_sb = adapters.to_sb(graph, x, c.x_rank, E)
         mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, gs.Constant(f"{prefix}/qkv_weight", w)])
         qkv = adapters.node(graph, "Add", f"{prefix}/qkv_Add", [mm, gs.Constant(f"{prefix}/qkv_bias", b)])
         qkv5 = adapters.to_5d(graph, qkv, 3 * E, prefix)
         route = mask_route(ctx, H)
-        version = self._version(ctx, H)
         fields = {"type_id": 0, "hidden_size": E, "num_heads": N, "has_mask": int(c.has_mask)}
         inputs = [qkv5]
         if c.has_mask:
-            inputs.append(_mask_tensor(graph, mask_input, one_d=route == "len"))
+            inputs.append(_mask_tensor(graph, self._mask, one_d=route == "len"))
         if route == "len":
             fields["var_seqlen"] = 0
         out = gs.Variable(f"{prefix}/context", dtype=np.float32)
-        graph.nodes.append(make_plugin_node(QKV_TO_CONTEXT, version, inputs, [out], fields, name=prefix))
+        graph.nodes.append(make_plugin_node(get_spec(QKV_TO_CONTEXT, self._version(ctx, H)), inputs, [out], fields,
+                                            name=prefix))
         ctx.softmax_of[prefix] = c.softmax.outputs[0].name
-        ctx_sb = adapters.from_5d(graph, out, E, prefix)
-        ctx_model = adapters.from_sb(graph, ctx_sb, rank(c.ctx) or r, E)
-        replace_uses(graph, c.ctx, ctx_model)
-        ctx.alias([x_sb], [c.q.x])
+        ctx.alias([x_sb], [x])
         ctx.alias([mm, qkv, qkv5], c.q.carriers + c.k.carriers + c.v.carriers)
-        ctx.alias([out, ctx_sb, ctx_model], [c.ctx])
+        return [adapters.plugin_output(graph, ctx, out, E, prefix, c.ctx, c.ctx_rank)]
+
+    def finish(self, graph, ctx, report, matches) -> None:
+        if matches:
+            c = matches[0].data
+            ctx.num_heads = c.heads
+            H = c.q.w.shape[0] // c.heads
+            report.notes.append(f"{c.heads} heads of {H}; QKV plugin version {self._version(ctx, H)}")
+
+    def _version(self, ctx, head_size):
+        v = ctx.plugin_version("qkv_to_context")
+        if mask_route(ctx, head_size) == "len":
+            v = ctx.plugin_version("qkv_to_context", varseqlen=True)
+        return v
+
+
+def proof_lengths(B: int, S: int) -> np.ndarray:
+    """Sequence lengths for a proof: full and half in turn; one sequence alone is three quarters long, so
+    that its mask is exercised too."""
+    if B == 1:
+        return np.array([max(1, (3 * S) // 4)])
+    return np.array([S if i % 2 == 0 else max(1, S // 2) for i in range(B)])
 
 
 def _dtype(t: gs.Tensor):

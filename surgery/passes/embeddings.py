@@ -8,19 +8,22 @@ the attention pass computed from input_mask.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from bertrt.contract import CANONICAL_INPUTS, MASK_IDX
 from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import EMB_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
-from bertrt.surgery.framework import Pass, register
-from bertrt.surgery.graph_utils import const_value, graph_input, producer, rank, replace_uses, trace_back
-from bertrt.surgery.region import RegionError, evaluate, max_rel_err
+from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
+from bertrt.surgery.graph_utils import const_value, graph_input, producer, replace_uses, trace_back
+from bertrt.surgery.passes.attention import proof_lengths
+from bertrt.surgery.region import evaluate, max_rel_err
 
-MASK_IDX = "bertrt_mask_idx"  # the [B, 1] mask index the attention pass makes before EmbLayerNorm exists
-TOLERANCE = 1e-4
 
 
 def _leaves(t: gs.Tensor, out: list) -> None:
@@ -60,102 +63,104 @@ def _classify(leaf: gs.Tensor, ids: gs.Tensor, seg: gs.Tensor):
     return None, f"summand {leaf.name} ({p.op} {p.name}) is no word, segment or position lookup"
 
 
+@dataclass
+class Embeddings:
+    ln: gs.Node
+    tables: dict   # word, segment, position -> float32 [rows, E]
+    gamma: np.ndarray
+    beta: np.ndarray
+    rank: int      # of the LayerNorm's output: 3 ([B, S, E]) or 2 ([B*S, E])
+
+
 @register
-class EmbeddingsPass(Pass):
+class EmbeddingsPass(FusionPass):
     name = "embeddings"
     description = "Word/segment/position lookups + LayerNorm -> EmbLayerNorm (mask -> maskIdx)."
+    what = "embedding nodes"
+    reference = "EmbLayerNorm"
 
-    def apply(self, graph: gs.Graph, ctx, report) -> None:
-        ids, seg, mask = (graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask"))
-        if ids is None or seg is None or mask is None:
+    def candidates(self, graph, ctx, report):
+        self._inputs = [graph_input(graph, n) for n in CANONICAL_INPUTS]
+        if any(t is None for t in self._inputs):
             report.miss("graph", "inputs input_ids, segment_ids and input_mask are needed (run `bertrt convert`)")
-            return
-        version = ctx.plugin_version("emb_layernorm")
+            return []
         lns = [n for n in graph.nodes if n.op == "LayerNormalization"]  # topological order
-        for i, ln in enumerate(lns):
-            leaves = []
-            _leaves(ln.inputs[0], leaves)
-            kinds = [_classify(leaf, ids, seg) for leaf in leaves]
-            where = f"LayerNormalization {ln.name}"
-            if not any(k == "word" for k, _ in kinds):
-                if i == 0:  # the first LayerNorm of a BERT is the embeddings'
-                    reasons = [r for k, r in kinds if k is None] or ["no word embedding (a Gather of a table by "
-                                                                     "input_ids) among its summands"]
-                    report.miss(where, reasons[0])
-                continue
-            bad = [r for k, r in kinds if k is None]
-            if bad:
-                report.miss(where, bad[0])
-                continue
-            tables = {}
-            for k, table in kinds:
-                if k in tables:
-                    report.miss(where, f"two {k} lookups feed it")
-                    break
-                tables[k] = table.astype(np.float32)
-            else:
-                if set(tables) != {"word", "segment", "position"}:
-                    missing = {"word", "segment", "position"} - set(tables)
-                    report.miss(where, f"no {' or '.join(sorted(missing))} embedding found among its summands")
-                    continue
-                self._fuse(graph, ctx, report, ln, tables, ids, seg, mask, version, where)
+        self._first = lns[0] if lns else None
+        return [(f"LayerNormalization {ln.name}", ln) for ln in lns]
 
-    def _fuse(self, graph, ctx, report, ln, tables, ids, seg, mask, version, where):
+    def match(self, graph, ctx, ln) -> Match | None:
+        ids, seg, _ = self._inputs
+        leaves = []
+        _leaves(ln.inputs[0], leaves)
+        kinds = [_classify(leaf, ids, seg) for leaf in leaves]
+        if not any(k == "word" for k, _ in kinds):
+            if ln is not self._first:  # only the first LayerNorm of a BERT is the embeddings'
+                return None
+            reasons = [r for k, r in kinds if k is None]
+            raise NoMatch(reasons[0] if reasons else "no word embedding (a Gather of a table by input_ids) among "
+                                                     "its summands")
+        bad = [r for k, r in kinds if k is None]
+        if bad:
+            raise NoMatch(bad[0])
+        tables = {}
+        for k, table in kinds:
+            if k in tables:
+                raise NoMatch(f"two {k} lookups feed it")
+            tables[k] = table.astype(np.float32)
+        missing = {"word", "segment", "position"} - set(tables)
+        if missing:
+            raise NoMatch(f"no {' or '.join(sorted(missing))} embedding found among its summands")
         gamma, beta = const_value(ln.inputs[1]), const_value(ln.inputs[2]) if len(ln.inputs) > 2 else None
         E = tables["word"].shape[1]
-        y = ln.outputs[0]
-        r = rank(y)
-        if gamma is None or r not in (2, 3):
-            report.miss(where, "its scale is not constant or its output rank is not 2 or 3")
-            return
+        if gamma is None:
+            raise NoMatch("its scale is not constant")
         beta = np.zeros(E, np.float32) if beta is None else beta
-        S = ids.shape[1] if isinstance(ids.shape[1], int) else min(16, tables["position"].shape[0])
+        _, S = ctx.proof_shape(seq=min(16, tables["position"].shape[0]))
         if tables["position"].shape[0] < S:
-            report.miss(where, f"the position table has {tables['position'].shape[0]} rows, fewer than the "
-                               f"sequence length {S}")
-            return
-        # Prove it: the original nodes against the plugin's reference on random inputs.
-        rng = np.random.default_rng(1)
-        B = 2
-        ids_v = rng.integers(0, tables["word"].shape[0], (B, S)).astype(_np_dtype(ids))
-        seg_v = rng.integers(0, tables["segment"].shape[0], (B, S)).astype(_np_dtype(seg))
-        mask_v = (np.arange(S)[None] < np.array([[S], [max(1, S // 2)]])).astype(_np_dtype(mask))
-        try:
-            (got,) = evaluate(graph, [y], [(ids, ids_v), (seg, seg_v), (mask, mask_v)])
-        except RegionError as e:
-            report.miss(where, f"cannot evaluate the embedding nodes: {e}")
-            return
-        want, _ = ref.emb_ln_fixed(ids_v.T.astype(np.int64), seg_v.T.astype(np.int64), mask_v.T,
-                                   tables["word"], tables["segment"], tables["position"], gamma.reshape(E),
-                                   beta.reshape(E))
-        want = want.reshape(S, B, E).transpose(1, 0, 2).reshape(got.shape)
-        err = max_rel_err(got, want)
-        if err > TOLERANCE:
-            report.miss(where, f"the embedding nodes differ from EmbLayerNorm by {err:.2g} (relative) on random ids")
-            return
+            raise NoMatch(f"the position table has {tables['position'].shape[0]} rows, fewer than the sequence "
+                          f"length {S}")
+        y = ln.outputs[0]
+        data = Embeddings(ln, tables, gamma.reshape(E).astype(np.float32), beta.reshape(E).astype(np.float32),
+                          adapters.model_rank(graph, y, ctx))
+        return Match([ids, seg], [y], data)
 
+    def verify(self, graph, ctx, m: Match) -> float:
+        ids, seg, mask = self._inputs
+        e: Embeddings = m.data
+        t = e.tables
+        rng = np.random.default_rng(1)
+        B, S = ctx.proof_shape(seq=min(16, t["position"].shape[0]))
+        ids_v = rng.integers(0, t["word"].shape[0], (B, S)).astype(_np_dtype(ids))
+        seg_v = rng.integers(0, t["segment"].shape[0], (B, S)).astype(_np_dtype(seg))
+        mask_v = (np.arange(S)[None] < proof_lengths(B, S)[:, None]).astype(_np_dtype(mask))
+        (got,) = evaluate(graph, m.outputs, [(ids, ids_v), (seg, seg_v), (mask, mask_v)])
+        want, _ = ref.emb_ln_fixed(ids_v.T.astype(np.int64), seg_v.T.astype(np.int64), mask_v.T, t["word"],
+                                   t["segment"], t["position"], e.gamma, e.beta)
+        want = want.reshape(S, B, -1).transpose(1, 0, 2)
+        return max_rel_err(got, want.reshape(got.shape)) if got.size == want.size else float("inf")
+
+    def rewrite(self, graph, ctx, m: Match) -> list:
+        e: Embeddings = m.data
+        E = e.tables["word"].shape[1]
         prefix = adapters.fresh(graph, "emb_layernorm")
         sb = [adapters.node(graph, "Transpose", f"{prefix}/{t.name}_SB", [_as_int32(graph, t, prefix)],
-                             attrs={"perm": [1, 0]}, dtype=np.int32) for t in (ids, seg, mask)]
+                             attrs={"perm": [1, 0]}, dtype=np.int32) for t in self._inputs]
         out = gs.Variable(f"{prefix}/embeddings", dtype=np.float32)
         mask_idx = gs.Variable(f"{prefix}/mask_idx", dtype=np.int32)
         graph.nodes.append(make_plugin_node(
-            EMB_LAYER_NORM, version, sb, [out, mask_idx], name=prefix,
-            fields={"bert_embeddings_layernorm_beta": beta.reshape(E).astype(np.float32),
-                    "bert_embeddings_layernorm_gamma": gamma.reshape(E).astype(np.float32),
-                    "bert_embeddings_word_embeddings": tables["word"],
-                    "bert_embeddings_token_type_embeddings": tables["segment"],
-                    "bert_embeddings_position_embeddings": tables["position"],
+            get_spec(EMB_LAYER_NORM, ctx.plugin_version("emb_layernorm")), sb, [out, mask_idx], name=prefix,
+            fields={"bert_embeddings_layernorm_beta": e.beta,
+                    "bert_embeddings_layernorm_gamma": e.gamma,
+                    "bert_embeddings_word_embeddings": e.tables["word"],
+                    "bert_embeddings_token_type_embeddings": e.tables["segment"],
+                    "bert_embeddings_position_embeddings": e.tables["position"],
                     "output_fp16": 0, "mha_type_id": 0}))
-        emb_sb = adapters.from_5d(graph, out, E, prefix)
-        model_y = adapters.from_sb(graph, emb_sb, r, E)
-        replace_uses(graph, y, model_y)
-        ctx.alias([out, emb_sb, model_y], [y])
+        model_y = adapters.plugin_output(graph, ctx, out, E, prefix, m.outputs[0], e.rank)
         placeholder = graph.tensors().get(MASK_IDX)
         if placeholder is not None:
             replace_uses(graph, placeholder, mask_idx)
         ctx.hidden_size = E
-        report.rewrites += 1
+        return [model_y]
 
 
 def _np_dtype(t: gs.Tensor):

@@ -14,8 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from bertrt.surgery.elementwise_region import candidate_outputs, grow
-from bertrt.surgery.framework import Pass, register
-from bertrt.surgery.graph_utils import ancestors, is_const, producer, replace_uses
+from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
+from bertrt.surgery.graph_utils import ancestors, is_const, producer, replace_uses, unique_name
 from bertrt.surgery.region import RegionError, evaluate
 
 GELU_OPS = {"Add", "Mul", "Div", "Sub", "Pow", "Erf", "Tanh", "Cast"}
@@ -57,57 +57,51 @@ def _sources(u: gs.Tensor, depth: int = 6) -> list[gs.Tensor]:
 
 
 @register
-class GeluPass(Pass):
+class GeluPass(FusionPass):
     name = "gelu"
     description = "Decomposed GELU (erf form, tanh form) -> Gelu (raises the opset to 20)."
+    what = "GELU nodes"
+    reference = "Gelu"
 
-    def apply(self, graph: gs.Graph, ctx, report) -> None:
+    def candidates(self, graph, ctx, report):
         anchors = [n for n in graph.nodes if n.op in ("Erf", "Tanh")]
-        if not anchors:
-            return
         blockers = sorted({n.op for n in graph.nodes if n.op in CHANGED_BY_20 and (n.domain or "") in ("", "ai.onnx")})
-        if graph.opset < GELU_OPSET and blockers:
+        if anchors and graph.opset < GELU_OPSET and blockers:
             for a in anchors:
                 report.miss(f"{a.op} {a.name}", f"the Gelu op needs opset {GELU_OPSET}, and the graph still has "
                                                 f"{', '.join(blockers)}, whose meaning changes there; run the fusions first")
-            return
+            return []
+        return [(f"{a.op} {a.name}", a) for a in anchors]
+
+    def match(self, graph, ctx, a) -> Match:
+        """The smallest region output that is GELU of one tensor (erf or tanh form), found numerically."""
         xs = np.linspace(-6, 6, 97, dtype=np.float32).reshape(1, 97)
-        taken: set[int] = set()
-        for a in anchors:
-            if id(a) in taken:
+        for x in _sources(a.inputs[0]):
+            between = ancestors([a.inputs[0]], stop=[x])
+            if any(n.op not in GELU_OPS for n in between):
                 continue
-            where = f"{a.op} {a.name}"
-            match = None
-            for x in _sources(a.inputs[0]):
-                between = ancestors([a.inputs[0]], stop=[x])
-                if any(n.op not in GELU_OPS for n in between):
+            for y, sub in candidate_outputs(x, grow(x, between + [a], GELU_OPS), must_contain={a.op}):
+                try:
+                    (got,) = evaluate(graph, [y], [(x, xs)])
+                except RegionError:
                     continue
-                region = grow(x, between + [a], GELU_OPS)
-                for y, sub in candidate_outputs(x, region, must_contain={a.op}):
-                    try:
-                        (got,) = evaluate(graph, [y], [(x, xs)])
-                    except RegionError:
-                        continue
-                    for approx, fn in (("none", gelu_erf), ("tanh", gelu_tanh)):
-                        if np.max(np.abs(got - fn(xs))) <= TOLERANCE:
-                            match = (x, y, sub, approx)
-                            break
-                    if match:
-                        break
-                if match:
-                    break
-            if match is None:
-                report.miss(where, "no region around it computes GELU (erf or tanh form) of a single input")
-                continue
-            x, y, sub, approx = match
-            taken.update(id(m) for m in sub)
-            out = gs.Variable(f"{y.name}/Gelu", dtype=y.dtype or np.float32, shape=y.shape)
-            attrs = {"approximate": "tanh"} if approx == "tanh" else {}
-            graph.nodes.append(gs.Node(op="Gelu", name=f"{y.name}/Gelu", attrs=attrs, inputs=[x], outputs=[out]))
-            replace_uses(graph, y, out)
-            ctx.alias([out], [y])
-            report.rewrites += 1
-        if report.rewrites and graph.opset < GELU_OPSET:
+                for approx, fn in (("none", gelu_erf), ("tanh", gelu_tanh)):
+                    if np.max(np.abs(got - fn(xs))) <= TOLERANCE:
+                        return Match([x], [y], approx)
+        raise NoMatch("no region around it computes GELU (erf or tanh form) of a single input")
+
+    def rewrite(self, graph, ctx, m: Match) -> list:
+        (x,), (y,) = m.inputs, m.outputs
+        out = gs.Variable(unique_name(graph, f"{y.name}/Gelu", tensor=True), dtype=y.dtype or np.float32, shape=y.shape)
+        attrs = {"approximate": "tanh"} if m.data == "tanh" else {}
+        graph.nodes.append(gs.Node(op="Gelu", name=unique_name(graph, f"{y.name}/Gelu"), attrs=attrs, inputs=[x],
+                                   outputs=[out]))
+        replace_uses(graph, y, out)
+        ctx.alias([out], [y])
+        return [out]
+
+    def finish(self, graph, ctx, report, matches) -> None:
+        if matches and graph.opset < GELU_OPSET:
             report.notes.append(f"opset raised from {graph.opset} to {GELU_OPSET} for Gelu")
             upgraded = upgrade_to_18(graph)
             if upgraded:
@@ -125,7 +119,7 @@ def upgrade_to_18(graph: gs.Graph) -> int:
             continue
         if node.op in REDUCE_18 and "axes" in node.attrs:
             axes = np.asarray(node.attrs.pop("axes"), np.int64)
-            node.inputs.append(gs.Constant(f"{node.name}/axes", axes))
+            node.inputs.append(gs.Constant(unique_name(graph, f"{node.name or node.op}/axes", tensor=True), axes))
             n += 1
         elif node.op == "Split" and (len(node.inputs) < 2 or not node.inputs[1].name):
             node.attrs["num_outputs"] = len(node.outputs)

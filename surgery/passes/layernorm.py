@@ -10,21 +10,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from bertrt.plugins.reference import layer_norm
+from bertrt.surgery import adapters
 from bertrt.surgery.elementwise_region import candidate_outputs, grow
-from bertrt.surgery.framework import Pass, register
-from bertrt.surgery.graph_utils import const_value, last_dim, rank, replace_uses
+from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
+from bertrt.surgery.graph_utils import const_value, last_dim, replace_uses, unique_name
 from bertrt.surgery.region import RegionError, evaluate, max_rel_err
 
 MEAN_OPS = {"ReduceMean", "GlobalAveragePool"}
 LN_OPS = MEAN_OPS | {"Sub", "Mul", "Div", "Add", "Pow", "Sqrt", "Reciprocal", "Cast"}
-TOLERANCE = 1e-4
-
-
-def layer_norm_ref(x, gamma, beta, eps):
-    x = x.astype(np.float64)
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return gamma * (x - mu) / np.sqrt(var + eps) + beta
 
 
 def _params(nodes: list[gs.Node], E: int):
@@ -52,56 +46,57 @@ def _hidden_from_constants(nodes: list[gs.Node]) -> int | None:
 
 
 @register
-class LayerNormPass(Pass):
+class LayerNormPass(FusionPass):
     name = "layernorm"
     description = "Decomposed LayerNorm (tf2onnx's 12 nodes, GlobalAveragePool means, PyTorch forms) -> LayerNormalization."
+    what = "LayerNorm nodes"
+    reference = "LayerNormalization"
 
-    def apply(self, graph: gs.Graph, ctx, report) -> None:
+    def candidates(self, graph, ctx, report):
         if graph.opset < 17:
-            report.notes.append(f"opset {graph.opset} has no LayerNormalization (needs 17); nothing done")
-            return
-        taken: set[int] = set()
-        rng = np.random.default_rng(0)
-        for mean in [n for n in graph.nodes if n.op in MEAN_OPS]:
-            if id(mean) in taken:
+            report.notes.append(f"opset {graph.opset} has no LayerNormalization (needs 17; `bertrt convert onnx` "
+                                "upgrades the model); nothing done")
+            return []
+        self._rng = np.random.default_rng(0)
+        return [(f"{n.op} {n.name}", n) for n in graph.nodes if n.op in MEAN_OPS]
+
+    def match(self, graph, ctx, mean) -> Match:
+        """The smallest output of the elementwise region around the mean that computes a LayerNorm of its
+        input (the numeric check picks it among the region's outputs: exporters order the sums many ways)."""
+        x = mean.inputs[0]
+        r = adapters.model_rank(graph, x, ctx)
+        closest = None
+        for y, sub in candidate_outputs(x, grow(x, [mean], LN_OPS), must_contain={mean.op}):
+            E = last_dim(x) or _hidden_from_constants(sub)
+            if E is None or sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
                 continue
-            x = mean.inputs[0]
-            where = f"{mean.op} {mean.name}"
-            r = rank(x)
-            if r is None or r < 2:
-                report.miss(where, f"the rank of its input {x.name} is unknown")
+            shape = (2, 3, E) if r == 3 else (3, E)
+            x0 = (self._rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+            try:
+                (got,) = evaluate(graph, [y], [(x, x0)])
+            except RegionError:
                 continue
-            region = grow(x, [mean], LN_OPS)
-            found, closest = None, None
-            for y, sub in candidate_outputs(x, region, must_contain={mean.op}):
-                E = last_dim(x) or _hidden_from_constants(sub)
-                if E is None or sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
-                    continue
-                shape = (1,) * max(0, r - 2) + (3, E) if r != 3 else (2, 3, E)
-                x0 = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
-                try:
-                    (got,) = evaluate(graph, [y], [(x, x0)])
-                except RegionError:
-                    continue
-                err = max_rel_err(got, layer_norm_ref(x0, *params))
-                if err <= TOLERANCE:
-                    found = (y, sub, params)
-                    break
-                closest = err if closest is None else min(closest, err)
-            if found is None:
-                report.miss(where, "no output of the region around it computes a LayerNorm of its input over the "
-                                   "last axis" + ("" if closest is None else f" (closest differs by {closest:.2g})"))
-                continue
-            y, sub, (gamma, beta, eps) = found
-            taken.update(id(m) for m in sub)
-            out = gs.Variable(f"{y.name}/LayerNormalization", dtype=np.float32, shape=y.shape)
-            graph.nodes.append(gs.Node(
-                op="LayerNormalization", name=f"{y.name}/LayerNormalization", attrs={"axis": -1, "epsilon": eps},
-                inputs=[x, gs.Constant(f"{y.name}/ln_gamma", gamma), gs.Constant(f"{y.name}/ln_beta", beta)],
-                outputs=[out]))
-            replace_uses(graph, y, out)
-            ctx.alias([out], [y])
-            report.rewrites += 1
-        existing = sum(n.op == "LayerNormalization" for n in graph.nodes) - report.rewrites
+            err = max_rel_err(got, layer_norm(x0, *params))
+            if err <= self.tolerance:
+                return Match([x], [y], params)
+            closest = err if closest is None else min(closest, err)
+        raise NoMatch("no output of the region around it computes a LayerNorm of its input over the last axis"
+                      + ("" if closest is None else f" (closest differs by {closest:.2g})"))
+
+    def rewrite(self, graph, ctx, m: Match) -> list:
+        (x,), (y,), (gamma, beta, eps) = m.inputs, m.outputs, m.data
+        name = f"{y.name}/LayerNormalization"
+        out = gs.Variable(unique_name(graph, name, tensor=True), dtype=np.float32, shape=y.shape)
+        graph.nodes.append(gs.Node(
+            op="LayerNormalization", name=unique_name(graph, name), attrs={"axis": -1, "epsilon": eps},
+            inputs=[x, gs.Constant(unique_name(graph, f"{y.name}/ln_gamma", tensor=True), gamma),
+                    gs.Constant(unique_name(graph, f"{y.name}/ln_beta", tensor=True), beta)],
+            outputs=[out]))
+        replace_uses(graph, y, out)
+        ctx.alias([out], [y])
+        return [out]
+
+    def finish(self, graph, ctx, report, matches) -> None:
+        existing = sum(n.op == "LayerNormalization" for n in graph.nodes) - len(matches)
         if existing:
             report.notes.append(f"{existing} LayerNormalization op(s) were already there")

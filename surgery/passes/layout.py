@@ -2,7 +2,7 @@
 
 Each fused plugin sits between a to_sb adapter ([B,S,E] or [B*S,E] -> [S,B,E]) and a from_sb adapter
 (back). Between two plugins there are only ops that act on the hidden axis alone (the dense GEMMs,
-their biases, GELU, casts, Q/DQ): they work on [S,B,E] just as on [B,S,E]. This pass follows each
+their biases, GELU, casts, Q/DQ, a LayerNorm over the hidden axis): they work on [S,B,E] just as on [B,S,E]. This pass follows each
 from_sb output through such ops, makes sequence-major twins of them, and connects the twins straight to
 the next plugin's input, dropping the to_sb adapter there. A graph output reached this way (the QA head's
 logits) gets a single Transpose back to [B,S,...] at the very end.
@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from bertrt.surgery.adapters import FROM_SB, TO_SB
 from bertrt.surgery.framework import Pass, register
-from bertrt.surgery.graph_utils import const_value, producer, rank, replace_uses, trace_back
+from bertrt.surgery.graph_utils import const_value, producer, rank, replace_uses, trace_back, unique_name
 
 UNARY = {"Gelu", "Erf", "Tanh", "Relu", "Sigmoid", "Sqrt", "Cast", "Neg", "Abs", "Identity", "Clip", "Softplus"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
@@ -76,6 +76,7 @@ class LayoutPass(Pass):
             work.append(m)
         twins = 0
         cancelled = 0
+        twinned: set[int] = set()  # a node with two sequence-major inputs is reached twice; twin it once
         while work:
             m = work.pop(0)
             s = sb[id(m)][1]
@@ -85,7 +86,11 @@ class LayoutPass(Pass):
                     replace_uses(graph, y, s)
                     cancelled += 1
                     continue
+                if id(c) in twinned:
+                    continue
                 pairs = self._twin(graph, c, sb)
+                if pairs:
+                    twinned.add(id(c))
                 for old_out, new_out, trailing in pairs or ():
                     if new_out.name not in ctx.tensor_map:
                         ctx.alias([new_out], [old_out])
@@ -97,8 +102,8 @@ class LayoutPass(Pass):
         for i, o in enumerate(list(graph.outputs)):
             if id(o) in sb and rank(o) == 2 + sb[id(o)][2]:  # batch and sequence axes kept apart
                 _, s, trailing = sb[id(o)]
-                t = gs.Variable(f"{o.name}/from_sb", dtype=o.dtype, shape=o.shape)
-                graph.nodes.append(gs.Node(op="Transpose", name=f"output_{i}/Transpose",
+                t = gs.Variable(unique_name(graph, f"{o.name}/from_sb", tensor=True), dtype=o.dtype, shape=o.shape)
+                graph.nodes.append(gs.Node(op="Transpose", name=unique_name(graph, f"output_{i}/Transpose"),
                                            attrs={"perm": [1, 0] + list(range(2, 2 + trailing))}, inputs=[s], outputs=[t]))
                 replace_uses(graph, o, t)
                 ctx.alias([t], [s])
@@ -133,6 +138,12 @@ class LayoutPass(Pass):
             weight_ok = (w is not None and w.ndim == 2) or (wq is not None and wq.op == "DequantizeLinear")
             if node.inputs[0] is not first or trailing != 1 or not weight_ok:
                 return None
+            inputs[0] = mapped(first)
+        elif op == "LayerNormalization":  # over the hidden axis alone (an MLM head's transform): per token
+            if node.inputs[0] is not first or trailing != 1 or _neg_axis(attrs.get("axis", -1), r) != -1 or \
+                    any(const_value(t) is None for t in node.inputs[1:] if t.name):
+                return None
+            attrs["axis"] = -1
             inputs[0] = mapped(first)
         elif op in UNARY or op in QDQ:
             if node.inputs[0] is not first:
@@ -172,13 +183,14 @@ class LayoutPass(Pass):
             room = trailing if op == "Squeeze" else trailing + 1
             if not -room <= axis <= -1:
                 return None
-            inputs = [mapped(first), gs.Constant(f"{node.name}/sb_axes", np.array([axis], np.int64))]
+            inputs = [mapped(first), gs.Constant(unique_name(graph, f"{node.name or op}/sb_axes", tensor=True),
+                                                 np.array([axis], np.int64))]
             out_trailing = trailing - 1 if op == "Squeeze" else trailing + 1
         else:
             return None
-        outs = [gs.Variable(f"{o.name}/sb", dtype=o.dtype) for o in node.outputs]
-        graph.nodes.append(gs.Node(op=op, name=f"{node.name}/sb", attrs=attrs, inputs=inputs, outputs=outs,
-                                   domain=node.domain))
+        outs = [gs.Variable(unique_name(graph, f"{o.name}/sb", tensor=True), dtype=o.dtype) for o in node.outputs]
+        graph.nodes.append(gs.Node(op=op, name=unique_name(graph, f"{node.name or op}/sb"), attrs=attrs,
+                                   inputs=inputs, outputs=outs, domain=node.domain))
         return [(o, n, out_trailing) for o, n in zip(node.outputs, outs)]
 
 

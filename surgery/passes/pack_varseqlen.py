@@ -5,8 +5,10 @@ the whole batch back to back: ``input_ids`` / ``segment_ids`` [T], ``cu_seqlens`
 sequence starts) and ``max_seqlen`` [max_len] (only its shape is read). EmbLayerNorm becomes 2/4 (positions
 restart per sequence; output 1 is a 0-d dummy), QKVToContext 2/5 with ``var_seqlen=1`` (attention within
 each sequence only; the dummy wired as its mask), SkipLayerNorm 2/6 (no ``ld``). The ops between plugins
-act per token, so [S, B, C] tensors become [T, C]: the reshapes around plugins drop the batch axis, and
-the transposes between batch-major and sequence-major vanish (a packed token list has no such order).
+and after the encoder (the QA head's MatMul, and the Split/Squeeze/Unsqueeze/Concat of its two logits) act
+per token, so [S, B, C] tensors become [T, C]: the reshapes around plugins drop the batch axis, the
+transposes between batch-major and sequence-major vanish (a packed token list has no such order), and ops on
+the trailing axes keep their (negative) axes.
 The var-seqlen plugins have no FP32 mode, so this pass sets FP16 itself.
 """
 
@@ -16,16 +18,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from bertrt.errors import BertrtError
+from bertrt.contract import CANONICAL_INPUTS
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16
+from bertrt.plugins.specs import MAX_PACKED_HEAD_SIZE as MAX_HEAD_SIZE
+from bertrt.plugins.specs import MAX_SEQLEN, spec_of
 from bertrt.surgery.framework import Pass, register
 from bertrt.surgery.graph_utils import ancestors, const_value, graph_input, producer, replace_uses
 from bertrt.surgery.passes.layout import BINARY, QDQ, UNARY
 
-MAX_HEAD_SIZE = 64  # QKV 2/5 with var_seqlen=1 has kernels for head sizes 32 and 64 only (spec §4.2.3)
-MAX_SEQLEN = 384  # EmbLN 2/4 never computes positions >= 384 (spec §4.1.2); QKV 2/5 alone would take 512
 TOTAL = "total_tokens"
-FIXED_VERSIONS = {EMB_LAYER_NORM: ("1", "6"), QKV_TO_CONTEXT: ("1", "2", "4", "5"), SKIP_LAYER_NORM: ("1", "5")}
-PER_TOKEN = UNARY | BINARY | QDQ | {"MatMul", "Reshape", "Transpose"}
+# Ops that act on each token alone when their axes are the trailing (hidden or logits) ones: on a packed
+# [T, C, ...] tensor they work as on [S, B, C, ...]. The layout pass writes those axes negative.
+AXIS_OPS = {"Split", "Concat", "Squeeze", "Unsqueeze"}
+PER_TOKEN = UNARY | BINARY | QDQ | AXIS_OPS | {"MatMul", "Reshape", "Transpose", "LayerNormalization"}
 
 
 def _version(node: gs.Node) -> str:
@@ -94,11 +99,11 @@ class PackVarSeqlenPass(Pass):
 
     def _check(self, graph, emb, qkvs, skips) -> tuple[str, str] | None:
         for n in [emb] + qkvs + skips:
-            if _version(n) not in FIXED_VERSIONS[n.op]:
+            if spec_of(n) is None or not spec_of(n).takes_padded:
                 return n.name, f"{n.op} v{_version(n)} is not a fixed-length plugin (already packed?)"
             if n.op == QKV_TO_CONTEXT and n.attrs.get("var_seqlen", 0) != 0:
                 return n.name, "QKVToContext already has var_seqlen=1"
-        inputs = [graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask")]
+        inputs = [graph_input(graph, n) for n in CANONICAL_INPUTS]
         if any(t is None for t in inputs) or len(graph.inputs) != 3:
             return "graph", "inputs must be exactly input_ids, segment_ids, input_mask (the canonical contract)"
         region = _region(emb)
@@ -127,7 +132,7 @@ class PackVarSeqlenPass(Pass):
     # -------------------------------------------------------------- rewrite
 
     def _rewrite(self, graph, ctx, emb, qkvs, skips) -> None:
-        old = [graph_input(graph, n) for n in ("input_ids", "segment_ids", "input_mask")]
+        old = [graph_input(graph, n) for n in CANONICAL_INPUTS]
         for t in old:
             t.name = f"{t.name}.padded"
         ids, seg = (gs.Variable(n, dtype=np.int32, shape=[TOTAL]) for n in ("input_ids", "segment_ids"))
@@ -163,7 +168,11 @@ class PackVarSeqlenPass(Pass):
                 shape = const_value(n.inputs[1])
                 n.inputs[1] = gs.Constant(f"{n.name}/packed_shape", np.ascontiguousarray(shape[1:]))
             elif n.op == "Transpose":
-                replace_uses(graph, n.outputs[0], n.inputs[0])
+                perm = list(n.attrs["perm"])
+                if perm[2:] == list(range(2, len(perm))):  # only batch and sequence swap: nothing left to do
+                    replace_uses(graph, n.outputs[0], n.inputs[0])
+                else:  # trailing axes permuted: [T, ...] keeps that permutation
+                    n.attrs["perm"] = [0] + [p - 1 for p in perm[2:]]
             elif n.op in BINARY:
                 for i, t in enumerate(n.inputs):
                     v = const_value(t)
@@ -191,13 +200,23 @@ def _region(emb: gs.Node) -> list[gs.Node]:
     return order
 
 
+def _axes(n: gs.Node) -> list[int] | None:
+    """The axes an AXIS_OPS node works on (an attribute, or a constant input from opset 13 on), or None."""
+    if n.op in ("Split", "Concat"):
+        return [int(n.attrs.get("axis", 0))]
+    if "axes" in n.attrs:
+        return [int(a) for a in n.attrs["axes"]]
+    v = const_value(n.inputs[1]) if len(n.inputs) > 1 else None
+    return None if v is None else [int(a) for a in v.reshape(-1)]
+
+
 def _per_token_problem(n: gs.Node, in_region: set) -> str | None:
     """Why a node between plugins cannot work on packed [T, C] tensors as it did on [S, B, C], or None."""
     if n.op not in PER_TOKEN:
         return f"{n.op} is not a per-token op; the packed graph cannot keep it"
     for i, t in enumerate(n.inputs):
         p = producer(t)
-        if p is not None and id(p) in in_region:
+        if not t.name or (p is not None and id(p) in in_region):  # an optional input left out, or computed here
             continue
         if const_value(t) is None and (p is None or p.op != "DequantizeLinear" or const_value(p.inputs[0]) is None):
             return f"input {i} ({t.name}) is neither a constant nor computed from the embeddings"
@@ -208,8 +227,15 @@ def _per_token_problem(n: gs.Node, in_region: set) -> str | None:
             return f"reshape to {shown}: only [0, 0, C, ...] (batch and sequence kept) packs"
     elif n.op == "Transpose":
         perm = list(n.attrs.get("perm", []))
-        if perm[:2] != [1, 0] or perm[2:] != list(range(2, len(perm))):
-            return f"transpose {perm} moves more than the batch and sequence axes"
+        if perm[:2] not in ([1, 0], [0, 1]) or sorted(perm[2:]) != list(range(2, len(perm))):
+            return f"transpose {perm} mixes the batch and sequence axes with the others"
+    elif n.op == "LayerNormalization" and n.attrs.get("axis", -1) != -1:
+        return f"LayerNormalization over axis {n.attrs['axis']}: only the last (hidden) axis is per token"
+    elif n.op in AXIS_OPS:
+        axes = _axes(n)
+        if axes is None or any(a >= 0 for a in axes):
+            return (f"{n.op} on axes {axes}: only the trailing (hidden or logits) axes, counted from the end, "
+                    "are per token")
     elif n.op == "MatMul":
         if id(producer(n.inputs[0])) not in in_region:
             return "the embeddings flow into the MatMul's weight side"

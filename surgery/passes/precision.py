@@ -6,9 +6,9 @@ trt11 (strongly typed): the graph itself must carry FP16: float16 weights and ac
 FP16 I/O, and a Cast back to float32 before the outputs. Nothing to do at FP32.
 
 INT8 on trt10 targets is implicit: everything is FP16 as above, and the plugins whose INT8 kernels fit the
-model run with ``type_id`` = 2 (QKVToContext: head size 64 and a fixed sequence of 128 or 384; SkipLayerNorm:
-hidden size 768 or 1024), reading their scales from the ranges `bertrt calibrate` writes. On trt11 INT8 is
-explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/DQ on its GEMMs.
+model (the spec table's INT8 limits: head size and fixed sequence for QKVToContext, hidden size for
+SkipLayerNorm) run with ``type_id`` = 2, reading their scales from the ranges `bertrt calibrate` writes. On trt11 INT8
+is explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/DQ on its GEMMs.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, TYPE_FP16, TYPE_INT8
+from bertrt.plugins.specs import spec_of
 from bertrt.surgery.framework import Pass, register
+from bertrt.surgery.graph_utils import replace_uses
 
 PLUGINS = (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM)
-INT8_QKV_SEQ = (128, 384)          # fused INT8 attention kernels (any supported GPU)
-INT8_SKIPLN_HIDDEN = (768, 1024)   # SkipLayerNorm's INT8 kernels
 
 
 @register
@@ -64,26 +64,38 @@ class PrecisionPass(Pass):
                 H = node.attrs["hidden_size"] // node.attrs["num_heads"]
                 fused_mask = node.attrs.get("var_seqlen", 0) == 0 and len(node.inputs) > 1 and any(
                     p.op == EMB_LAYER_NORM for p in node.inputs[1].inputs)
-                if H == 64 and ctx.seq in INT8_QKV_SEQ and fused_mask:
+                fits = spec_of(node).int8_problem(head_size=H, seq=ctx.seq or 0, values=node.attrs) is None
+                if fits and fused_mask:
                     node.attrs["type_id"] = TYPE_INT8
                     for p in node.inputs[1].inputs:
                         p.attrs["mha_type_id"] = TYPE_INT8
                     qkv_int8 += 1
             elif node.op == SKIP_LAYER_NORM and node.attrs.get("beta") is not None:
                 E = np.asarray(node.attrs["beta"].values).size
-                if E in INT8_SKIPLN_HIDDEN:
+                if spec_of(node).int8_problem(hidden=E) is None:
                     node.attrs["type_id"] = TYPE_INT8
                     skip_int8 += 1
         n_qkv = sum(n.op == QKV_TO_CONTEXT for n in graph.nodes)
         n_skip = sum(n.op == SKIP_LAYER_NORM for n in graph.nodes)
         report.notes.append(f"INT8: QKVToContext {qkv_int8}/{n_qkv}, SkipLayerNorm {skip_int8}/{n_skip} "
                             "(the rest FP16); GEMMs take INT8 from the ranges")
+        qkv = next((spec_of(n) for n in graph.nodes if n.op == QKV_TO_CONTEXT), None)
+        skip = next((spec_of(n) for n in graph.nodes if n.op == SKIP_LAYER_NORM), None)
         if qkv_int8 < n_qkv:
-            report.notes.append("QKVToContext INT8 needs head size 64 and a fixed sequence of 128 or 384")
+            report.notes.append(f"QKVToContext INT8 needs {qkv.int8_needs()}")
         if skip_int8 < n_skip:
-            report.notes.append("SkipLayerNorm INT8 needs hidden size 768 or 1024")
+            report.notes.append(f"SkipLayerNorm INT8 needs {skip.int8_needs()}")
 
     def _float16_graph(self, graph: gs.Graph) -> int:
+        # The outputs stay float32: each float32 output is computed in float16 and Cast back at the very end.
+        for out in list(graph.outputs):
+            if out.dtype is not None and np.dtype(out.dtype) == np.float32 and out.inputs:
+                name = out.name
+                wide = gs.Variable(name, dtype=np.float32, shape=out.shape)
+                replace_uses(graph, out, wide)
+                out.name = f"{name}/fp16"
+                graph.nodes.append(gs.Node(op="Cast", name=f"{name}/Cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                           inputs=[out], outputs=[wide]))
         converted = 0
         plugin_attr_ids = set()
         for node in graph.nodes:
@@ -100,15 +112,7 @@ class PrecisionPass(Pass):
         for node in graph.nodes:
             if node.op == "Cast" and node.attrs.get("to") == onnx.TensorProto.FLOAT and not _is_output(graph, node.outputs[0]):
                 node.attrs["to"] = onnx.TensorProto.FLOAT16
-        for i, out in enumerate(list(graph.outputs)):
-            if out.dtype is not None and np.dtype(out.dtype) == np.float32 and out.inputs:
-                half = gs.Variable(f"{out.name}/fp16", dtype=np.float16, shape=out.shape)
-                producer = out.inputs[0]
-                producer.outputs[[o is out for o in producer.outputs].index(True)] = half
-                graph.nodes.append(gs.Node(op="Cast", name=f"{out.name}/Cast", attrs={"to": onnx.TensorProto.FLOAT},
-                                           inputs=[half], outputs=[out]))
         return converted
-
 
 
 def _is_output(graph: gs.Graph, t: gs.Tensor) -> bool:

@@ -1,18 +1,24 @@
 """skip_layernorm: residual Add + LayerNormalization -> SkipLayerNorm.
 
 The bias of the dense layer feeding the residual (an Add of a constant [E] to a MatMul output, used
-nowhere else) moves into the plugin's ``bias`` field, as the former demo did.
+nowhere else) moves into the plugin's ``bias`` field, as the former demo did. Each candidate is run
+against the plugin's numpy reference on random inputs before it is rewritten.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from bertrt.plugins import reference as ref
 from bertrt.plugins.nodes import SKIP_LAYER_NORM, make_plugin_node
+from bertrt.plugins.specs import get_spec
 from bertrt.surgery import adapters
-from bertrt.surgery.framework import Pass, register
-from bertrt.surgery.graph_utils import const_value, is_const, last_dim, producer, rank, replace_uses
+from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
+from bertrt.surgery.graph_utils import const_value, is_const, last_dim, producer
+from bertrt.surgery.region import evaluate, max_rel_err
 
 
 def _split_bias(t: gs.Tensor, E: int):
@@ -28,61 +34,81 @@ def _split_bias(t: gs.Tensor, E: int):
     return t, None
 
 
+@dataclass
+class Residual:
+    a: gs.Tensor            # the two summands (a without the bias moved into the plugin), as matched
+    b: gs.Tensor
+    gamma: np.ndarray
+    beta: np.ndarray
+    bias: np.ndarray | None
+    rank: int               # of the summands and the output: 3 ([B, S, E]) or 2 ([B*S, E])
+
+
 @register
-class SkipLayerNormPass(Pass):
+class SkipLayerNormPass(FusionPass):
     name = "skip_layernorm"
     description = "Residual Add + LayerNormalization -> SkipLayerNorm (dense bias folded into the plugin)."
+    what = "residual LayerNorm nodes"
+    reference = "SkipLayerNorm"
 
-    def apply(self, graph: gs.Graph, ctx, report) -> None:
+    def candidates(self, graph, ctx, report):
+        return [(f"LayerNormalization {ln.name}", ln) for ln in graph.nodes if ln.op == "LayerNormalization"]
+
+    def match(self, graph, ctx, ln) -> Match:
+        add = producer(ln.inputs[0])
+        if add is None or add.op != "Add" or is_const(add.inputs[0]) or is_const(add.inputs[1]):
+            raise NoMatch("its input is not the sum of two computed tensors (no residual Add)")
+        a, b = add.inputs
+        y = ln.outputs[0]
+        gamma = const_value(ln.inputs[1])
+        beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 else None
+        if gamma is None or (beta is None and len(ln.inputs) > 2):
+            raise NoMatch("its scale or bias is not constant")
+        E = gamma.size  # the hidden size, also where shape inference left the dims unknown
+        beta = np.zeros(E, np.float32) if beta is None else beta
+        r = adapters.model_rank(graph, y, ctx)
+        if adapters.model_rank(graph, a, ctx) != r or adapters.model_rank(graph, b, ctx) != r:
+            raise NoMatch("the residual inputs' ranks differ")
+        if last_dim(y) not in (None, E):
+            raise NoMatch(f"its scale has {E} values for a hidden size of {last_dim(y)}")
+        axis = ln.attrs.get("axis", -1)
+        if axis not in (-1, r - 1):
+            raise NoMatch(f"it normalises axis {axis}, not the hidden axis")
+        bias = None
+        if ctx.target.get("skip_layernorm_bias", True):
+            a, bias = _split_bias(a, E)
+            if bias is None:
+                b, bias = _split_bias(b, E)
+        data = Residual(a, b, gamma.reshape(E).astype(np.float32), beta.reshape(E).astype(np.float32), bias, r)
+        return Match([a, b], [y], data)
+
+    def verify(self, graph, ctx, m: Match) -> float:
+        s: Residual = m.data
+        E = s.beta.size
+        B, S = ctx.proof_shape()
+        rng = np.random.default_rng(3)
+        shape = (B, S, E) if s.rank == 3 else (B * S, E)
+        a, b = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+        (got,) = evaluate(graph, m.outputs, [(s.a, a), (s.b, b)])
+        # The plugin's own epsilon is the LayerNorm's (the reference's default for this hidden size).
+        want = ref.skip_ln(a, b, s.gamma, s.beta, s.bias)
+        return max_rel_err(got, want)
+
+    def rewrite(self, graph, ctx, m: Match) -> list:
+        s: Residual = m.data
+        E = s.beta.size
         version = ctx.plugin_version("skip_layernorm")
-        fold_bias = ctx.target.get("skip_layernorm_bias", True)
-        for ln in [n for n in graph.nodes if n.op == "LayerNormalization"]:
-            add = producer(ln.inputs[0])
-            where = f"LayerNormalization {ln.name}"
-            if add is None or add.op != "Add" or is_const(add.inputs[0]) or is_const(add.inputs[1]):
-                report.miss(where, "its input is not the sum of two computed tensors (no residual Add)")
-                continue
-            if len(add.outputs[0].outputs) != 1:
-                report.miss(where, f"the residual sum {add.outputs[0].name} is used elsewhere too")
-                continue
-            a, b = add.inputs
-            y = ln.outputs[0]
-            E = last_dim(y) or last_dim(a) or last_dim(b)
-            r = rank(y)
-            axis = ln.attrs.get("axis", -1)
-            gamma = const_value(ln.inputs[1])
-            beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 else np.zeros(E or 0, np.float32)
-            if E is None or r not in (2, 3) or rank(a) != r or rank(b) != r:
-                report.miss(where, "the residual inputs' ranks or hidden size are unknown or differ")
-                continue
-            if axis not in (-1, r - 1):
-                report.miss(where, f"it normalises axis {axis}, not the hidden axis")
-                continue
-            if gamma is None or beta is None:
-                report.miss(where, "its scale or bias is not constant")
-                continue
-            bias = None
-            if fold_bias:
-                a, bias = _split_bias(a, E)
-                if bias is None:
-                    b, bias = _split_bias(b, E)
-            prefix = adapters.fresh(graph, "skip_layernorm")
-            ins = []
-            for i, t in enumerate((a, b)):
-                t_sb = adapters.to_sb(graph, t, r, E)
-                ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
-                ctx.alias([t_sb, ins[-1]], [t])
-            fields = {"type_id": 0}
-            if version in ("1", "5"):
-                fields["ld"] = E
-            fields["beta"] = beta.reshape(E).astype(np.float32)
-            fields["gamma"] = gamma.reshape(E).astype(np.float32)
-            if bias is not None:
-                fields["bias"] = bias
-            out = gs.Variable(f"{prefix}/out", dtype=np.float32)
-            graph.nodes.append(make_plugin_node(SKIP_LAYER_NORM, version, ins, [out], fields, name=prefix))
-            out_sb = adapters.from_5d(graph, out, E, prefix)
-            out_model = adapters.from_sb(graph, out_sb, r, E)
-            replace_uses(graph, y, out_model)
-            ctx.alias([out, out_sb, out_model], [y])
-            report.rewrites += 1
+        prefix = adapters.fresh(graph, "skip_layernorm")
+        ins = []
+        for i, t in enumerate(m.inputs):
+            t_sb = adapters.to_sb(graph, t, s.rank, E)
+            ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
+            ctx.alias([t_sb, ins[-1]], [t])
+        fields = {"type_id": 0}  # ld, where the version has it, is implied by beta's length
+        fields["beta"] = s.beta
+        fields["gamma"] = s.gamma
+        if s.bias is not None:
+            fields["bias"] = s.bias
+        out = gs.Variable(f"{prefix}/out", dtype=np.float32)
+        graph.nodes.append(make_plugin_node(get_spec(SKIP_LAYER_NORM, version), ins, [out], fields, name=prefix))
+        return [adapters.plugin_output(graph, ctx, out, E, prefix, m.outputs[0], s.rank)]

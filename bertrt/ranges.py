@@ -54,8 +54,14 @@ def write_ranges(path: str | os.PathLike, amax: Mapping[str, float], name_map: N
 
 
 def read_ranges(path: str | os.PathLike) -> dict[str, float]:
-    """A ranges file's tensor name -> amax; a BertrtError naming the file for anything malformed."""
+    """A ranges file's tensor name -> amax (also accepted wrapped as {"amax": {...}} or {"ranges": {...}}); a
+    BertrtError naming the file for anything malformed."""
     data = read_json(path, "ranges file")
+    if isinstance(data, dict):
+        for key in ("amax", "ranges"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
     if not isinstance(data, dict):
         raise BertrtError(f"expected a JSON object of tensor name -> amax, got a {type(data).__name__}", path)
     if not data:
@@ -76,7 +82,6 @@ def read_name_map(path: str | os.PathLike) -> dict[str, str | None]:
     if not ok:
         raise BertrtError("expected a JSON object of canonical tensor name -> fused tensor name(s) (or null)", path)
     return data
-
 
 
 def _check_values(amax: Mapping, path) -> None:
