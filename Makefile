@@ -20,10 +20,21 @@ TARGET ?= trt10
 BATCH ?= 1,8
 CKPT ?=
 HF ?=
+# make engine ONNX=path/to/export.onnx ...: a PyTorch / Hugging Face export through `convert onnx` instead of a
+# checkpoint. A QAT export (Q/DQ nodes, as pytorch-quantization, ModelOpt or a fake-quant torch.onnx.export write
+# it) at PREC=int8 keeps the INT8 scales it was trained with (`calibrate qat`; no smoothing, no recalibration); on
+# trt10 the outputs of its quantized GEMMs, which it has no scale for and TensorRT 10 needs one on, get measured
+# ranges (`calibrate qat --fill`).
+ONNX ?=
+# A Q/DQ export is told by its DequantizeLinear nodes (op names are plain strings in the file).
+QAT ?= $(if $(ONNX),$(shell grep -qsa DequantizeLinear '$(ONNX)' && echo 1))
+ONNX_VOCAB = $(wildcard $(dir $(ONNX))vocab.txt)
+# What the calibrate commands need to tokenize for an export: its free sequence axis set, its vocab if beside it.
+ONNX_OPT = $(if $(ONNX),--seq $(SEQ) $(if $(ONNX_VOCAB),--vocab $(ONNX_VOCAB)))
 SHARED ?= ../shared
 SQUAD_DIR ?= $(SHARED)/data/squad
 HF_DIR = $(or $(HF),$(if $(wildcard $(SHARED)/models/$(MODEL)/config.json),$(SHARED)/models/$(MODEL)))
-MODEL_NAME = $(if $(HF),$(notdir $(patsubst %/,%,$(HF))),$(MODEL))
+MODEL_NAME = $(if $(ONNX),$(basename $(notdir $(ONNX))),$(if $(HF),$(notdir $(patsubst %/,%,$(HF))),$(MODEL)))
 # A real SQuAD model (HF_DIR or CKPT) calibrates on SQuAD train questions and is gated on SQuAD F1 on dev
 # questions it did not calibrate on; the zoo's random-head models on the project's pydoc questions.
 REAL = $(or $(HF_DIR),$(CKPT))
@@ -35,7 +46,7 @@ CALIB_NUM ?= 100
 # feed-forward GEMMs (ffn1, ffn2) in float: with them in INT8 too, minilm-squad-h64 (INT8 attention) loses 2.1 F1
 # on 500 dev questions, 1.7 with ffn2 alone in float, 0.6 with both (benchmarks/squad_accuracy.py: 0.1 on 1,000).
 comma := ,
-SMOOTH ?= 1
+SMOOTH ?= $(if $(QAT),0,1)
 FLOAT_GEMMS ?= $(if $(REAL),ffn1$(comma)ffn2)
 # Smoothed inputs calibrate best by their max (percentile clips the few huge GELU outputs the smoothing kept).
 CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
@@ -50,7 +61,8 @@ MAX_F1_DROP ?= $(if $(REAL),1.0)
 INT8_MIN_COS ?= 0.8
 ENGINE_DIR = $(BUILD)/$(MODEL_NAME)-$(SEQ)-$(PREC)-$(TARGET)
 CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
-VOCAB = --vocab $(CKPT_DIR)/vocab.txt
+# What the calibrate commands need to tokenize: the checkpoint's vocab.txt, or for an export ONNX_OPT.
+VOCAB = $(if $(ONNX),$(ONNX_OPT),--vocab $(CKPT_DIR)/vocab.txt)
 EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(VOCAB) \
 	--check --min-cos $(INT8_MIN_COS) --min-agree 0 $(if $(MAX_F1_DROP),--max-f1-drop $(MAX_F1_DROP)) \
 	-o $(ENGINE_DIR)/int8-accuracy.json
@@ -71,8 +83,9 @@ help:
 	@echo "make demo     set up, then run the minilm model through the whole pipeline and answer a question"
 	@echo "make test     run the test suite"
 	@echo "make test-fast  the suite without the slow tests (real minilm conversion, BERT-Base): about a third of the time"
-	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir | HF=dir | MODEL=minilm-squad]"
+	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir | HF=dir | MODEL=minilm-squad | ONNX=export.onnx]"
 	@echo "              PREC=int8 [SMOOTH=1] [FLOAT_GEMMS=ffn2] [CALIB_METHOD=minmax] [CALIB_JSON=train-v1.1.json]"
+	@echo "              ONNX=model.qat.onnx PREC=int8: a QAT (Q/DQ) export with its own scales"
 	@echo "              checkpoint -> ONNX -> fused -> compare -> TensorRT engine (the engine needs TensorRT)"
 	@echo "make setup    install bertrt and its pinned dependencies (editable)"
 	@echo "make bench    the measurements in benchmarks/ (minutes; they print tables)"
@@ -94,6 +107,9 @@ demo: setup
 # Everything up to the engine runs here; the last step needs TensorRT and says so (exit 3) where it is missing.
 engine:
 	@mkdir -p $(ENGINE_DIR)
+ifneq ($(ONNX),)
+	$(BERTRT) convert onnx $(ONNX) -o $(ENGINE_DIR)/model.onnx
+else
 ifneq ($(HF_DIR),)
 	$(BERTRT) zoo import-hf $(HF_DIR) -o $(CKPT_DIR)
 else ifeq ($(CKPT),)
@@ -101,6 +117,7 @@ else ifeq ($(CKPT),)
 	@test -f $(CKPT_DIR)/bert_config.json || $(BERTRT) zoo make $(MODEL) -o $(CKPT_DIR)
 endif
 	$(BERTRT) convert tf --checkpoint $(CKPT_DIR) --seq $(SEQ) -o $(ENGINE_DIR)/model.onnx
+endif
 ifeq ($(PREC)$(SMOOTH),int81)
 	$(BERTRT) calibrate smooth $(ENGINE_DIR)/model.onnx $(CALIBRATE) \
 		$(FLOAT_OPT) --report $(ENGINE_DIR)/smooth.json -o $(ENGINE_DIR)/model.smooth.onnx
@@ -108,7 +125,26 @@ endif
 	$(BERTRT) surgery run $(SOURCE) -o $(ENGINE_DIR)/fused.onnx --target $(TARGET) \
 		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json --name-map $(ENGINE_DIR)/name-map.json \
 		| tee $(ENGINE_DIR)/surgery.txt
-ifeq ($(PREC),int8)
+ifeq ($(PREC)$(QAT),int81)
+# QAT: the model's own scales; the gate compares with the QAT model itself on ONNX Runtime (it runs the Q/DQ).
+ifeq ($(TARGET),trt11)
+	$(BERTRT) calibrate qat $(ENGINE_DIR)/model.onnx --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
+	$(BERTRT) calibrate qdq $(ENGINE_DIR)/fused.onnx --ranges $(ENGINE_DIR)/ranges.json -o $(ENGINE_DIR)/fused.qdq.onnx
+	$(EVALUATE) $(ENGINE_DIR)/fused.qdq.onnx | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.qdq.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ)
+else
+	$(BERTRT) calibrate ranges $(ENGINE_DIR)/model.onnx $(CALIBRATE) \
+		--method minmax --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/measured.json
+	$(BERTRT) calibrate qat $(ENGINE_DIR)/model.onnx --name-map $(ENGINE_DIR)/name-map.json \
+		--fill $(ENGINE_DIR)/measured.json -o $(ENGINE_DIR)/ranges.json
+	$(EVALUATE) $(ENGINE_DIR)/fused.onnx --amax $(ENGINE_DIR)/ranges.json | tee $(ENGINE_DIR)/compare.txt
+	@echo "files in $(ENGINE_DIR):"; ls -l $(ENGINE_DIR)
+	$(BERTRT) build $(ENGINE_DIR)/fused.onnx -o $(ENGINE_DIR)/engine.plan --target $(TARGET) --precision $(PREC) \
+		--batch $(BATCH) --seq $(SEQ) --ranges $(ENGINE_DIR)/ranges.json
+endif
+else ifeq ($(PREC),int8)
 ifeq ($(TARGET),trt11)
 	$(BERTRT) calibrate ranges $(SOURCE) $(CALIBRATE) --method $(CALIB_METHOD) \
 		--name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
@@ -142,6 +178,7 @@ test-fast:
 
 fixtures:
 	$(PYTHON) tests/fixtures/make_fixtures.py
+	$(PYTHON) tests/fixtures/make_qat_fixtures.py
 
 bench:
 	$(PYTHON) benchmarks/convert.py --models base,large

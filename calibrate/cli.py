@@ -232,7 +232,12 @@ def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, out):
 @click.option("--allow-missing", is_flag=True, help="Leave GEMMs whose input has no range in float.")
 @out_option("Q/DQ ONNX model to write.")
 def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
-    """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs."""
+    """Explicit INT8 for TensorRT 11: Q/DQ on the inputs of MODEL's weight GEMMs.
+
+    A fused QAT model (`surgery run --target trt11 --precision int8`) has its weights on their own int8 grid
+    already: they are kept as they are, its activations get Q/DQ from the ranges (`calibrate qat`), and its
+    GEMMs with a float weight (the QA head) stay in float, as in the model.
+    """
     from bertrt.calibrate.qdq import insert_qdq
     from bertrt.onnx_io import load_model, save_model
     from bertrt.ranges import read_ranges
@@ -259,20 +264,38 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--name-map", type=click.Path(dir_okay=False),
               help="JSON tensor name -> names in the fused graph (bertrt surgery run --name-map).")
+@click.option("--fill", "fill_path", type=click.Path(dir_okay=False),
+              help="Measured ranges (`calibrate ranges` with the same --name-map) to take for the outputs of the GEMMs "
+                   "the model quantizes where it has no scale of its own: TensorRT 10 runs a GEMM in INT8 only if its "
+                   "output has a range too, which a model quantizing only the GEMM inputs does not give.")
 @out_option("Ranges JSON {tensor: amax} to write.")
-def qat_cmd(model, name_map, out):
-    """Ranges of a Q/DQ (QAT) MODEL from its own scales: amax = scale x 127."""
-    from bertrt.calibrate.qat import qat_ranges
-    from bertrt.onnx_io import load_model
-    from bertrt.ranges import write_ranges
+def qat_cmd(model, name_map, fill_path, out):
+    """Ranges of a Q/DQ (QAT) MODEL from its own scales: amax = scale x 127, no recalibration.
 
-    result = qat_ranges(load_model(model), model)
+    \b
+    bertrt surgery run model.onnx -o fused.onnx --precision int8 --name-map map.json   [--target trt11]
+    bertrt calibrate qat model.onnx --name-map map.json -o ranges.json
+    TensorRT 10: bertrt build fused.onnx --ranges ranges.json ...; TensorRT 11:
+    bertrt calibrate qdq fused.onnx --ranges ranges.json -o fused.qdq.onnx (keeps the QAT weights' own scales)
+    """
+    from bertrt.calibrate.qat import qat_ranges, quantized_gemm_outputs
+    from bertrt.onnx_io import load_model
+    from bertrt.ranges import apply_name_map, read_ranges, write_ranges
+
+    proto = load_model(model)
+    result = qat_ranges(proto, model)
     for note in result.notes:
         _log(f"note: {note}")
     names = _name_map(name_map)
     # With a map, only the tensors the fused graph has: a cache must name nothing else.
-    written = write_ranges(out, result.amax, names, drop_unmapped=names is not None)
-    _log(f"{len(written)} activation ranges -> {out}")
+    own = apply_name_map(result.amax, names, drop_unmapped=names is not None)
+    fill = {}
+    if fill_path:
+        outputs = apply_name_map(dict.fromkeys(quantized_gemm_outputs(proto), 0.0), names, drop_unmapped=True)
+        fill = {t: v for t, v in read_ranges(fill_path).items() if t in outputs and t not in own}
+    write_ranges(out, {**fill, **own})
+    filled = f", {len(fill)} measured ones on the outputs of its quantized GEMMs" if fill_path else ""
+    _log(f"{len(own)} activation ranges from the model's scales{filled} -> {out}")
 
 
 @calibrate.command("evaluate")

@@ -3,6 +3,9 @@
 Each MatMul/Gemm with a constant weight gets
   * its activation through Q -> DQ, per-tensor symmetric: scale = amax / 127, zero point 0 (int8);
   * its weight stored as int8 with a per-output-channel DequantizeLinear, symmetric: scale = max|w| / 127.
+A fused QAT model has its weights on their own grid already (int8 + DequantizeLinear with the model's scales,
+from surgery's qat_weights pass): those are kept as they are, and its GEMMs with a float weight (the QA head)
+stay in float, as the QAT model had them.
 Everything else (LayerNorm, GELU, Softmax, the embedding gathers, the attention batched GEMMs, plugin
 nodes) stays in float, which is what TensorRT 11 fuses with the BERT plugins running in FP16.
 The ranges are keyed by the given graph's own tensor names, so this works on the canonical model and on a
@@ -19,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from bertrt.calibrate.tensors import GraphIndex, weight_gemms
+from bertrt.calibrate.tensors import GEMM_OPS, GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 
 QMAX = 127
@@ -49,7 +52,7 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _weight_axis(node: gs.Node, w: np.ndarray) -> int | None:
+def weight_axis(node: gs.Node, w: np.ndarray) -> int | None:
     """The output-channel axis of a 2-D weight: MatMul B [K, N] -> 1; Gemm B with transB [N, K] -> 0."""
     if w.ndim != 2:
         return None
@@ -65,7 +68,9 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
     A GEMM whose activation has no range is an error, or with ``allow_missing`` stays in float (reported).
     """
     skip = set(skip_nodes)
-    targets = {node.name: act for node, act in weight_gemms(GraphIndex(model))}
+    index = GraphIndex(model)
+    qat = qat_weight_gemms(index)
+    targets = qat or {node.name: act for node, act in weight_gemms(index)}
     missing = sorted({act for name, act in targets.items() if name not in skip and act not in amax})
     if missing and not allow_missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -81,6 +86,9 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
     wq_of: dict[str, gs.Variable] = {}  # weight -> its dequantized copy
 
     for node in graph.nodes:
+        if qat and node.op in GEMM_OPS and node.name not in qat and isinstance(node.inputs[1], gs.Constant):
+            report.skipped[node.name] = "its weight is float in the QAT model"
+            continue
         if node.name not in targets:
             continue
         act_name = targets[node.name]
@@ -91,22 +99,22 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
             report.skipped[node.name] = f"no range for its input {act_name}"
             continue
         weight = node.inputs[1]
+        if node.name in qat:  # the QAT weight stays on its grid; its activation gets the Q/DQ
+            ftype = weight.inputs[0].inputs[1].values.dtype  # the DequantizeLinear's scale type is its output's
+            node.inputs[0] = _activation_qdq(graph, node.inputs[0], amax, dq_of, report, ftype)
+            report.quantized.append(node.name)
+            continue
         w = weight.values if isinstance(weight, gs.Constant) else None
-        axis = _weight_axis(node, w) if w is not None else None
+        axis = weight_axis(node, w) if w is not None else None
         if axis is None or w.dtype not in float_types:
             kinds = " or ".join(np.dtype(t).name for t in float_types)
             report.skipped[node.name] = f"weight is not a 2-D {kinds} constant (opset {opset})"
             continue
         ftype = w.dtype  # the GEMM's float type: its activation has the same one
-        act = node.inputs[0]
-        if act.name not in dq_of:
-            scale = symmetric_scale(amax[act.name]).astype(ftype)
-            dq_of[act.name] = _qdq(graph, act, scale)
-            report.activations[act.name] = float(scale)
         if weight.name not in wq_of:
             q, scale = quantize_weight(w, axis)
-            wq_of[weight.name] = _dequantize_weight(graph, weight.name, q, scale.astype(ftype), axis)
-        node.inputs[0] = dq_of[act.name]
+            wq_of[weight.name] = dequantize_weight(graph, weight.name, q, scale.astype(ftype), axis)
+        node.inputs[0] = _activation_qdq(graph, node.inputs[0], amax, dq_of, report, ftype)
         node.inputs[1] = wq_of[weight.name]
         report.quantized.append(node.name)
 
@@ -116,6 +124,28 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)
     return out, report
+
+
+def qat_weight_gemms(index: GraphIndex) -> dict[str, str]:
+    """GEMMs whose weight is a DequantizeLinear of a constant int8 tensor (a QAT grid): node -> activation."""
+    out = {}
+    for node in index.nodes:
+        if node.op_type not in GEMM_OPS or len(node.input) < 2 or index.is_const(node.input[0]):
+            continue
+        dq = index.producer.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear" and index.is_const(dq.input[0]):
+            out[node.name] = node.input[0]
+    return out
+
+
+def _activation_qdq(graph: gs.Graph, act: gs.Variable, amax: Mapping[str, float], dq_of: dict, report: QdqReport,
+                    ftype) -> gs.Variable:
+    """The dequantized copy of a GEMM input (one per activation, shared by the GEMMs reading it)."""
+    if act.name not in dq_of:
+        scale = symmetric_scale(amax[act.name]).astype(ftype)
+        dq_of[act.name] = _qdq(graph, act, scale)
+        report.activations[act.name] = float(scale)
+    return dq_of[act.name]
 
 
 def _qdq(graph: gs.Graph, act: gs.Variable, scale: np.ndarray) -> gs.Variable:
@@ -129,7 +159,7 @@ def _qdq(graph: gs.Graph, act: gs.Variable, scale: np.ndarray) -> gs.Variable:
     return dq
 
 
-def _dequantize_weight(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndarray, axis: int) -> gs.Variable:
+def dequantize_weight(graph: gs.Graph, name: str, q: np.ndarray, scale: np.ndarray, axis: int) -> gs.Variable:
     wq = gs.Constant(f"{name}_int8", q)
     s = gs.Constant(f"{name}_scale", scale)
     zp = gs.Constant(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8))

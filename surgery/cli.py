@@ -44,7 +44,7 @@ def list_cmd():
 @target_option
 @precision_option(help="Precision of the plugin nodes. int8: trt10 targets run QKVToContext/SkipLayerNorm in INT8 "
                        "where the plugins allow it (ranges from `bertrt calibrate`); trt11 gets the FP16 graph that "
-                       "`bertrt calibrate qdq` quantizes.")
+                       "`bertrt calibrate qdq` quantizes (a QAT model's weights already on their own int8 grid).")
 @click.option("--passes", default=None, help="Comma-separated pass names instead of the default list "
                                              "(`bertrt surgery list`).")
 @click.option("--dump-dir", type=click.Path(file_okay=False), default=None,

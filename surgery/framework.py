@@ -64,6 +64,7 @@ class Context:
     # new tensor name -> the names of the tensors it stands for (for INT8 ranges named after the fused graph)
     tensor_map: dict = field(default_factory=dict)
     qat_scales: dict = field(default_factory=dict)   # tensor -> per-tensor scale of a QAT graph's Q/DQ on it
+    weight_scales: dict = field(default_factory=dict)  # weight constant -> its QAT scale per output channel
     softmax_of: dict = field(default_factory=dict)   # QKVToContext node -> the softmax output it replaced
 
     def alias(self, new: list, old: list) -> None:

@@ -20,7 +20,8 @@ from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
 
-DEFAULT_PASSES = ["sanitize", "dequantize", "layernorm", "attention", "embeddings", "skip_layernorm", "gelu", "layout", "precision"]
+DEFAULT_PASSES = ["sanitize", "dequantize", "layernorm", "attention", "embeddings", "skip_layernorm", "gelu", "layout",
+                  "precision", "qat_weights"]
 # Ops that must not be left in a fully fused encoder.
 UNFUSED_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "GlobalAveragePool", "Erf")
 VARSEQLEN_PASS = "pack-varseqlen"

@@ -101,13 +101,13 @@ def test_dequantize_reports_weights_short_of_full_range(canonical_fixtures):
 
 
 def test_dequantize_of_a_computed_tensor_is_reported_and_kept(canonical_fixtures):
-    """A DequantizeLinear fed by neither a QuantizeLinear nor a constant (here an int8 weight through an
-    Identity) is a miss with its reason, and stays in the graph."""
+    """A DequantizeLinear fed by neither a QuantizeLinear nor a constant (here an int8 weight through a Neg;
+    an Identity copy of a constant is still that constant) is a miss with its reason, and stays in the graph."""
     model = onnx.load(canonical_fixtures["qat_qdq"])
     inits = {t.name for t in model.graph.initializer}
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
     weight = dq.input[0]
-    model.graph.node.insert(0, onnx.helper.make_node("Identity", [weight], [weight + "/copy"], name="copy"))
+    model.graph.node.insert(0, onnx.helper.make_node("Neg", [weight], [weight + "/copy"], name="copy"))
     dq.input[0] = weight + "/copy"
     result = pipeline.run(model, passes=["dequantize"])
     misses = result.reports[0].misses

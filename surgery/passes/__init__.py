@@ -9,6 +9,7 @@ from bertrt.surgery.passes import (  # noqa: F401
     layout,
     pack_varseqlen,
     precision,
+    qat_weights,
     sanitize,
     skip_layernorm,
 )

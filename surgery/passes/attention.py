@@ -11,7 +11,7 @@ Each candidate is run against the plugin's numpy reference on random inputs befo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -26,6 +26,7 @@ from bertrt.surgery.framework import FusionPass, Match, NoMatch, register
 from bertrt.surgery.graph_utils import (
     const_value, depends_on, graph_input, is_const, last_dim, producer, rank, scalar, trace_back,
 )
+from bertrt.surgery.passes.dequantize import carry_scales
 from bertrt.surgery.region import evaluate, max_rel_err
 
 
@@ -38,6 +39,7 @@ class Projection:
     scale: float    # any constant scale applied to this side after the projection
     out: gs.Tensor  # x @ w + b as the graph computes it
     carriers: list  # out and its head-split reshapes/transposes: the same values, other shapes
+    weight: gs.Tensor | None = None  # the weight tensor w was read from
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Candidate:
     has_mask: bool
     x_rank: int = 3     # the ranks of the hidden states in and of the context out (2: [B*S, E])
     ctx_rank: int = 3
+
+    def with_weights(self, ws: list) -> "Candidate":
+        """The same candidate with other Q, K, V weights (fused_qkv on it moves data with the weight columns)."""
+        return replace(self, **{t: replace(getattr(self, t), w=w) for t, w in zip("qkv", ws)})
 
 
 def _projection(t: gs.Tensor, what: str) -> Projection:
@@ -81,13 +87,13 @@ def _projection(t: gs.Tensor, what: str) -> Projection:
             if w is None:
                 raise NoMatch(f"{what}: MatMul {mp.name} has no constant 2-D weight")
             return Projection(_unflattened(mp.inputs[0]), w, bias.reshape(-1).astype(np.float32), scale,
-                              p.outputs[0], [p.outputs[0]] + _unscaled(carriers, scale))
+                              p.outputs[0], [p.outputs[0]] + _unscaled(carriers, scale), mp.inputs[1])
         elif p.op == "MatMul":
             w = _weight(p.inputs[1])
             if w is None:
                 raise NoMatch(f"{what}: MatMul {p.name} has no constant 2-D weight")
             return Projection(_unflattened(p.inputs[0]), w, np.zeros(w.shape[1], np.float32), scale, p.outputs[0],
-                              [p.outputs[0]] + _unscaled(carriers, scale))
+                              [p.outputs[0]] + _unscaled(carriers, scale), p.inputs[1])
         else:
             raise NoMatch(f"{what} comes from {p.op} {p.name}, not a projection")
     raise NoMatch(f"{what}: too many reshapes before the projection")
@@ -333,7 +339,10 @@ class AttentionPass(FusionPass):
         w, b = fused_qkv(c)
         prefix = adapters.fresh(graph, "attention")
         x_sb = adapters.to_sb(graph, x, c.x_rank, E)
-        mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, gs.Constant(f"{prefix}/qkv_weight", w)])
+        weight = gs.Constant(f"{prefix}/qkv_weight", w)
+        # A QAT model's per-channel weight scales move with their columns.
+        carry_scales(ctx, weight, [c.q.weight, c.k.weight, c.v.weight], lambda ws: fused_qkv(c.with_weights(ws))[0])
+        mm = adapters.node(graph, "MatMul", f"{prefix}/qkv_MatMul", [x_sb, weight])
         qkv = adapters.node(graph, "Add", f"{prefix}/qkv_Add", [mm, gs.Constant(f"{prefix}/qkv_bias", b)])
         qkv5 = adapters.to_5d(graph, qkv, 3 * E, prefix)
         route = mask_route(ctx, H)

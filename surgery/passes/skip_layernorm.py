@@ -42,6 +42,7 @@ class Residual:
     beta: np.ndarray
     bias: np.ndarray | None
     rank: int               # of the summands and the output: 3 ([B, S, E]) or 2 ([B*S, E])
+    summed: tuple = ()      # the two summands as the graph adds them (a bias moved into the plugin included)
 
 
 @register
@@ -79,7 +80,8 @@ class SkipLayerNormPass(FusionPass):
             a, bias = _split_bias(a, E)
             if bias is None:
                 b, bias = _split_bias(b, E)
-        data = Residual(a, b, gamma.reshape(E).astype(np.float32), beta.reshape(E).astype(np.float32), bias, r)
+        data = Residual(a, b, gamma.reshape(E).astype(np.float32), beta.reshape(E).astype(np.float32), bias, r,
+                        tuple(add.inputs))
         return Match([a, b], [y], data)
 
     def verify(self, graph, ctx, m: Match) -> float:
@@ -100,10 +102,11 @@ class SkipLayerNormPass(FusionPass):
         version = ctx.plugin_version("skip_layernorm")
         prefix = adapters.fresh(graph, "skip_layernorm")
         ins = []
-        for i, t in enumerate(m.inputs):
+        for i, (t, t0) in enumerate(zip(m.inputs, s.summed)):
             t_sb = adapters.to_sb(graph, t, s.rank, E)
             ins.append(adapters.to_5d(graph, t_sb, E, f"{prefix}/in{i}"))
-            ctx.alias([t_sb, ins[-1]], [t])
+            # A bias folded in: a QAT model's scale on the biased sum goes to the GEMM output (NVIDIA's QAT BERT).
+            ctx.alias([t_sb, ins[-1]], [t, t0] if t is not t0 and t0.name in ctx.qat_scales else [t])
         fields = {"type_id": 0}  # ld, where the version has it, is implied by beta's length
         fields["beta"] = s.beta
         fields["gamma"] = s.gamma
