@@ -87,6 +87,9 @@ def _terminated(signum, _frame):
 def main():
     # TensorFlow's C++ logging is noise for a command-line user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # numpy's BLAS threads spin between calls and starve ONNX Runtime's, which run beside them in the CPU
+    # reference (30x slower attention on a busy machine); one BLAS thread leaves the cores to ONNX Runtime.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="bertrt")
 

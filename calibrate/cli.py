@@ -310,7 +310,7 @@ def qat_cmd(model, name_map, fill_path, out):
 @calibrate.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@squad_json_option("Questions to evaluate on: the first feature of each")
+@squad_json_option("Questions with answers to evaluate on (dev questions the ranges were not calibrated on)")
 @amax_option("Ranges keyed by CANDIDATE's tensor names: scales of its INT8 plugins, and INT8 for its weight GEMMs "
              "that have ranges on their input and output (as TensorRT 10 implicit INT8 runs them) unless "
              "--plugins-only.")
@@ -319,18 +319,22 @@ def qat_cmd(model, name_map, fill_path, out):
 @vocab_option
 @seq_option
 @batch_option
-@click.option("--check", is_flag=True, help="Exit 1 unless both cosines are >= --min-cos and both agreements "
-              ">= --min-agree.")
+@click.option("--check", is_flag=True, help="Exit 1 unless both cosines are >= --min-cos, both agreements "
+              ">= --min-agree and (with --max-f1-drop) the F1 drop is within it.")
+@click.option("--max-f1-drop", type=click.FloatRange(min=0), default=None,
+              help="With --check: the largest SQuAD F1 drop (FP32 F1 - CANDIDATE's F1, in points) that passes.")
 @click.option("--min-cos", type=click.FloatRange(-1, 1), default=0.99, show_default=True,
               help="Cosine target for --check.")
 @click.option("--min-agree", type=click.FloatRange(0, 1), default=0.90, show_default=True,
               help="Argmax agreement target for --check (a share: 0.9 = 90%).")
-@out_option("Scores JSON to write (cosines, agreements, counts).", required=False)
-def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, vocab, seq, batch, check, min_cos,
-                 min_agree, out):
+@out_option("Scores JSON to write (EM/F1 of both, F1 drop, cosines, agreements, counts).", required=False)
+def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, vocab, seq, batch, check, max_f1_drop,
+                 min_cos, min_agree, out):
     """Accuracy of CANDIDATE (a fused INT8 or Q/DQ graph, on the CPU reference) against the FP32 canonical
-    MODEL (on ONNX Runtime): cosine of the start and end logits over each feature's valid tokens (mean over
-    features), and the share of features whose start (end) argmax over the passage tokens agrees."""
+    MODEL (on ONNX Runtime) on the first --num questions: SQuAD v1.1 exact match and F1 of both (every feature
+    of each question) and the F1 drop; as diagnostics, the cosine of the start and end logits over the first
+    feature's valid tokens (mean over questions) and the share of questions whose start (end) argmax over the
+    passage tokens agrees."""
     import json
 
     from bertrt.atomic import write_text
@@ -341,23 +345,33 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     from bertrt.run.tokenization import vocab_or_default
 
     seq = data_source.model_seq(load_model(model, load_external_data=False), model, seq)
-    samples = eval_samples(squad_json, vocab_or_default(vocab), seq, num)
-    cand = load_model(candidate)
+    samples = eval_samples(squad_json, vocab_or_default(vocab), seq, num, answers=True)
     _log(f"calibrate evaluate: {candidate} against {model} on {len(samples)} questions")
     amax = read_ranges(amax_path) if amax_path else None
-    kind = "as given"
-    if amax is not None and not plugins_only:
+    kind = ["as given"]
+
+    def make_candidate():  # after the FP32 pass, so the two models are never in memory together
+        cand = load_model(candidate)
+        if amax is None or plugins_only:
+            return cand
         cand, report = implicit_int8_model(cand, amax)
-        kind = f"{len(report.quantized)} GEMMs INT8"
+        kind[0] = f"{len(report.quantized)} GEMMs INT8"
         for node, why in report.skipped.items():
             _log(f"GEMM left in float: {node}: {why}")
+        return cand
+
     try:
-        result = evaluate(model, cand, samples, amax=amax, batch=batch, progress=reporter())
+        result = evaluate(model, make_candidate, samples, amax=amax, batch=batch, progress=reporter())
     except BertrtError as e:
         raise e.at(candidate) from None
-    click.echo(table([(Path(candidate).name, kind, result)]))
+    click.echo(table([(Path(candidate).name, kind[0], result)]))
     if out:
         write_text(out, json.dumps(result.summary(), indent=1, sort_keys=True) + "\n")
-    if check and not result.meets(min_cos, min_agree):
-        _log(f"below the targets: cosine >= {min_cos} and agreement >= {min_agree:.0%} (start and end)")
+    if check and not result.meets(min_cos, min_agree, max_f1_drop):
+        bound = f" and an F1 drop <= {max_f1_drop}" if max_f1_drop is not None else ""
+        _log(f"below the targets: cosine >= {min_cos} and agreement >= {min_agree:.0%} (start and end){bound}; "
+             f"F1 {result.fp32_f1:.2f} (FP32) -> {result.f1:.2f}")
         raise SystemExit(1)
+    if max_f1_drop is not None:
+        _log(f"F1 {result.fp32_f1:.2f} (FP32) -> {result.f1:.2f} on {result.questions} questions: drop "
+             f"{result.f1_drop:.2f} <= {max_f1_drop}")

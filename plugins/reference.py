@@ -6,11 +6,12 @@ real values in float32: FP16 plugins round their inputs and outputs to float16 v
 fake-quantize them with the given scales (``real = scale * q``, q in [-127, 127]).
 
 Numerics:
-* LayerNorm is ``gamma * (x - mean) / sqrt(E[x^2] - mean^2 + eps) + beta`` with statistics in float64.
+* LayerNorm is ``gamma * (x - mean) / sqrt(E[x^2] - mean^2 + eps) + beta`` with statistics in float32, as
+  the kernels compute them for FP32 (numpy's pairwise sums keep them within ~1e-7 of exact).
   eps (§2.4): EmbLayerNorm 0; SkipLayerNorm FLT_EPSILON when E in {768, 1024} in FP32, else 0.
 * FP16 SkipLayerNorm with E in {768, 1024} uses ``std::numeric_limits<half>::epsilon()``, which the
   plugin sources never specialise; an unspecialised numeric_limits returns T() = 0, so FP16_SKIP_EPS = 0.
-  FP16 accumulation inside the kernels is not modelled (statistics stay in float64): expect ~1e-2
+  FP16 accumulation inside the kernels is not modelled (statistics stay in float32): expect ~1e-2
   against a GPU, which is what the fp16 comparison tolerance allows.
 * Attention runs in float32 (matmuls) with an exact softmax; masked keys get probability 0 exactly.
 """
@@ -19,17 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from bertrt.plugins.fp16 import round_fp16
+
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 FP16_SKIP_EPS = 0.0
 DEFAULT_DQ_PROBS = 1.0 / 127.0
 
 
 # ---------------------------------------------------------------- precision helpers
-
-
-def round_fp16(x: np.ndarray) -> np.ndarray:
-    """Values as an FP16 tensor would hold them, kept in float32."""
-    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def fake_quant(x: np.ndarray, scale: float) -> np.ndarray:
@@ -60,12 +58,19 @@ def at_precision(x: np.ndarray, type_id: int, scale: float | None = None) -> np.
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 0.0) -> np.ndarray:
-    """LayerNorm over the last axis in the plugins' E[x^2] - mean^2 form."""
-    x64 = np.asarray(x, dtype=np.float64)
-    mu = x64.mean(-1, keepdims=True)
-    var = (x64 * x64).mean(-1, keepdims=True) - mu * mu
-    y = (x64 - mu) / np.sqrt(var + eps)
-    return (y * np.asarray(gamma, np.float64) + np.asarray(beta, np.float64)).astype(np.float32)
+    """LayerNorm over the last axis in the plugins' E[x^2] - mean^2 form, in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    mu = x.mean(-1, keepdims=True)
+    var = np.square(x).mean(-1, keepdims=True)
+    var -= mu * mu
+    var += np.float32(eps)
+    rstd = np.sqrt(var, out=var)
+    np.reciprocal(rstd, out=rstd)
+    y = x - mu
+    y *= rstd
+    y *= np.asarray(gamma, np.float32)
+    y += np.asarray(beta, np.float32)
+    return y
 
 
 def skip_ln_eps(E: int, type_id: int) -> float:
@@ -84,17 +89,17 @@ def mask_index(mask_sb: np.ndarray) -> np.ndarray:
     return np.where(z.any(0), z.argmax(0), S).astype(np.int32)
 
 
-def _emb_tables(word, tok, pos, output_fp16):
-    # output_fp16=1 stores the tables in FP16; gamma/beta stay FP32 (§2.4).
+def _embedding_sum(word, tok, pos, ids, seg, positions, output_fp16):
+    """word[ids] + tok[seg] + pos[positions]. output_fp16=1 stores the tables in FP16 (gamma/beta stay FP32,
+    §2.4): rounding commutes with the lookup, so only the rows looked up are rounded."""
     conv = round_fp16 if output_fp16 else (lambda t: np.asarray(t, np.float32))
-    return conv(word), conv(tok), conv(pos)
+    return conv(word[ids]) + conv(tok[seg]) + conv(pos[positions])
 
 
 def emb_ln_fixed(ids, seg, mask, word, tok, pos, gamma, beta, output_fp16=False):
     """EmbLN v1/v6. ids, seg, mask: int [S, B]. Returns ([S, B, E, 1, 1], maskIdx int32 [B, 1])."""
-    word, tok, pos = _emb_tables(word, tok, pos, output_fp16)
     S = ids.shape[0]
-    x = word[ids] + tok[seg] + pos[:S][:, None, :]
+    x = _embedding_sum(word, tok, pos, ids, seg, np.arange(S)[:, None], output_fp16)
     out = layer_norm(x, gamma, beta, eps=0.0)
     if output_fp16:
         out = round_fp16(out)
@@ -115,8 +120,7 @@ def emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, output_fp16=Fals
 
     Output 1 is a 0-d int32 for HFace and the pre-LN sum [T, E, 1, 1] for MTron.
     """
-    word, tok, pos = _emb_tables(word, tok, pos, output_fp16)
-    x = word[ids] + tok[seg] + pos[positions_from_cu(cu)]
+    x = _embedding_sum(word, tok, pos, ids, seg, positions_from_cu(cu), output_fp16)
     out = layer_norm(x, gamma, beta, eps=0.0)
     if output_fp16:
         out, x = round_fp16(out), round_fp16(x)

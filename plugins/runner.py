@@ -63,6 +63,7 @@ class ReferenceRunner:
         info = GraphInfo.of(model)
         self._check(info)
         self.steps = self._partition(info)
+        self._release = self._last_uses()
 
     # -------------------------------------------------------------- setup
 
@@ -112,6 +113,19 @@ class ReferenceRunner:
                 needed_later |= {i for i in step.inputs if i}
         return steps
 
+    def _last_uses(self) -> list[list[str]]:
+        """For each step, the tensors no later step nor the graph's outputs read: dropped once it has run,
+        so a run holds only the activations still needed (BERT-Large at seq 384 would hold gigabytes)."""
+        keep = set(self.output_names)
+        seen: set[str] = set()
+        release = []
+        for step in reversed(self.steps):
+            reads = step.inputs if isinstance(step, Segment) else [i for i in step.inputs if i]
+            made = step.outputs if isinstance(step, Segment) else [o for o in step.outputs if o]
+            release.append([t for t in dict.fromkeys([*reads, *made]) if t not in seen and t not in keep])
+            seen.update(reads)
+        return release[::-1]
+
     def _is_input(self, name: str) -> bool:
         return any(vi.name == name for vi in self.input_infos)
 
@@ -138,6 +152,9 @@ class ReferenceRunner:
         opts.log_severity_level = 3
         # Many sessions take turns with numpy: idle pool threads must sleep, not spin, or they starve the rest.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Each session's arena would keep its largest activations for good: dozens of segments times a batch's
+        # activations (gigabytes for BERT-Base at seq 384, batch 8). Freed tensors go back at once instead.
+        opts.enable_cpu_mem_arena = False
         return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def _value(self, name: str, env: dict) -> np.ndarray:
@@ -156,13 +173,14 @@ class ReferenceRunner:
             if vi.name not in feeds:
                 raise BertrtError(f"no value given for graph input '{vi.name}'", self.path)
             env[vi.name] = np.asarray(feeds[vi.name])
-        for step in self.steps:
+        for step, release in zip(self.steps, self._release):
             if isinstance(step, Segment):
-                if not step.outputs:
-                    continue
-                sess = self._session(step, env)
-                outs = sess.run(step.outputs, {i: env[i] for i in step.inputs})
-                env.update(zip(step.outputs, outs))
+                if step.outputs:
+                    sess = self._session(step, env)
+                    outs = sess.run(step.outputs, {i: env[i] for i in step.inputs})
+                    env.update(zip(step.outputs, outs))
             else:
                 env.update(step([self._value(i, env) if i else None for i in step.inputs]))
+            for name in release:
+                env.pop(name, None)
         return {name: self._value(name, env) for name in self.output_names}

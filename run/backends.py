@@ -203,6 +203,7 @@ class OrtBackend(Backend):
         model = model if model is not None else load_model(path)
         super().__init__(path, onnx_input_shape(model, path), vocab_size(model))
         self.output = _output_name(model, path)
+        del model  # the session reads the file itself: a model loaded here is not kept beside it
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # a failure's reason is in its error (one line); its log would be a second
         if threads:
@@ -215,6 +216,9 @@ class OrtBackend(Backend):
 
     def _run(self, feeds):
         return self.session.run([self.output], {n: feeds[n] for n in self._inputs})[0]
+
+    def close(self):
+        self.session = None  # its weights and arena go now, not when the backend object does
 
 
 class ReferenceBackend(Backend):
@@ -232,9 +236,14 @@ class ReferenceBackend(Backend):
         self.output = _output_name(model, path)
         self.runner = ReferenceRunner(model, amax=amax)
         self.runner.path = self.path
+        self.int8_gemms = 0  # weight GEMMs simulated in INT8 (implicit_int8_backend)
 
     def _run(self, feeds):
         return self.runner.run(feeds)[self.output]
+
+    def __repr__(self):
+        int8 = f", {self.int8_gemms} GEMMs in INT8" if self.int8_gemms else ""
+        return super().__repr__()[:-1] + int8 + ")"
 
 
 def engine_profiles(engine, input_name: str) -> list[tuple[tuple, tuple, tuple]]:
@@ -307,7 +316,11 @@ class TrtBackend(Backend):
 
 
 def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None, threads: int = 0) -> Backend:
-    """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes)."""
+    """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes).
+
+    With ``amax`` (a TensorRT 10 calibration table) an ONNX model runs as TensorRT 10 implicit INT8 runs it:
+    see ``implicit_int8_backend``.
+    """
     if (engine is None) == (onnx is None):
         raise BertrtError("give exactly one of an engine or an ONNX model")
     if engine is not None:
@@ -316,6 +329,20 @@ def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None
     from bertrt.plugins.runner import has_plugin_nodes
 
     model = load_model(onnx)
+    if amax is not None:
+        return implicit_int8_backend(onnx, model, amax)
     if has_plugin_nodes(model):
-        return ReferenceBackend(onnx, model, amax=amax)
+        return ReferenceBackend(onnx, model)
     return OrtBackend(onnx, model, threads=threads)
+
+
+def implicit_int8_backend(path, model, amax: dict[str, float]) -> ReferenceBackend:
+    """``model`` as a TensorRT 10 engine built with the calibration table ``amax`` computes it, on the CPU
+    reference: INT8 plugins read their scales from it, and every weight GEMM whose input and output have a
+    range runs in INT8. The one simulation `bertrt squad --amax` and `bertrt calibrate evaluate` both run."""
+    from bertrt.calibrate.evaluate import implicit_int8_model  # INT8 knowledge lives in calibrate
+
+    simulated, report = implicit_int8_model(model, amax)
+    backend = ReferenceBackend(path, simulated, amax=amax)
+    backend.int8_gemms = len(report.quantized)
+    return backend

@@ -17,7 +17,8 @@ def model_options(func):
                   help="A TensorRT engine (bertrt build); needs TensorRT and a GPU (exit status 3 without them).")
     @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
                   help="An ONNX model: canonical (ONNX Runtime) or fused (bertrt's CPU reference).")
-    @amax_option()
+    @amax_option("JSON {tensor: amax} (bertrt calibrate ranges, a TensorRT 10 calibration table): the CPU "
+                 "reference runs the INT8 plugins and every GEMM with ranges in INT8, as TensorRT 10 would.")
     @functools.wraps(func)
     def wrapper(*args, engine, onnx_path, amax_path, **kwargs):
         if (engine is None) == (onnx_path is None):

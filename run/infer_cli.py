@@ -25,7 +25,7 @@ def answer_questions(backend, tokenizer, passage: str, questions: list[str], *, 
                      max_answer_length: int = 30) -> list:
     """One Prediction (text, probability, nbest) per question, in order."""
     from bertrt.run.features import split_doc_words
-    from bertrt.run.squad_cli import predict_examples
+    from bertrt.run.squad_predict import predict_examples
 
     words, _ = split_doc_words(passage)
     if not words:

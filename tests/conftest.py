@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as bertrt's CLI sets it (bertrt/cli.py)
 
 # The real assets (a fine-tuned SQuAD BERT, the official SQuAD files) live beside the checkout in
 # ../shared, or wherever BERTRT_SHARED points; a fresh clone has none, and the tests that need them skip.

@@ -258,3 +258,27 @@ def test_evaluate_command(flow, tiny_onnx, tmp_path):
              "-o", tmp_path / "none.json")
     assert r.exit_code == 1 and "give the ranges" in r.output and "trt10.onnx" in r.output
     assert not (tmp_path / "none.json").exists()
+
+
+def test_squad_amax_runs_the_simulation_calibrate_evaluate_scores(flow, tiny_onnx, tmp_path):
+    """`bertrt squad --amax` and `calibrate evaluate --amax`: one TensorRT 10 simulation (INT8 plugins and GEMMs),
+    so the same answers, hence the same EM/F1; without the GEMMs in INT8 (plugins only) the answers differ."""
+    ranges = json.loads((flow / "ranges.json").read_text())
+    samples = eval_samples(DATA / "pydoc_qa_eval.json", vocab_path(), 128, EVAL_NUM, answers=True)
+    sim = evaluate(tiny_onnx, implicit_int8_model(onnx.load(flow / "trt10.onnx"), ranges)[0], samples,
+                   amax=ranges, progress=False)
+    out = tmp_path / "p.json"
+    r = _cli("squad", "--onnx", flow / "trt10.onnx", "--amax", flow / "ranges.json", "--squad-json",
+             DATA / "pydoc_qa_eval.json", "--limit", EVAL_NUM, "-o", out, "--report", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    assert "9 GEMMs in INT8" in r.output
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert (scores["exact_match"], scores["f1"]) == pytest.approx((sim.exact_match, sim.f1), abs=1e-9)
+    from bertrt.run.backends import ReferenceBackend
+    from bertrt.run.squad_predict import predict_examples
+    from bertrt.run.tokenization import load_tokenizer
+
+    with ReferenceBackend(flow / "trt10.onnx", amax=ranges) as plugins_only:
+        texts = {k: p.text for k, p in predict_examples(plugins_only, load_tokenizer(vocab_path()),
+                                                        samples.examples, seq=128).items()}
+    assert texts != json.loads(out.read_text())

@@ -314,3 +314,22 @@ def test_skip_ln_interleaved_mtron_returns_pre_ln_sum():
     assert out.shape == total.shape == (1, E, 3, 1)
     want_sum = ref.fake_quant(ref.fake_quant(x, s) + ref.fake_quant(skip, s), 8 / 127)
     np.testing.assert_allclose(total, want_sum, atol=1e-6)
+
+
+def test_round_fp16_gives_numpys_bits_on_every_kind_of_value():
+    """The fast rounding (ONNX Runtime's Cast for large arrays) against numpy's cast, element by element."""
+    from bertrt.plugins.fp16 import ORT_MIN_SIZE, round_fp16
+
+    rng = np.random.default_rng(0)
+    edges = np.array([65504, 65519.99, 65520, 65536, 1e9, -65520, 2 ** -14, 2 ** -14 * (1 - 2 ** -11), 2 ** -24,
+                      2 ** -25, 3 * 2 ** -26, 0.0, -0.0, np.inf, -np.inf, np.nan, 1 + 2 ** -11, 1 + 3 * 2 ** -11],
+                     np.float32)
+    bits = rng.integers(0, 2 ** 32, 4 * ORT_MIN_SIZE, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    normal = rng.standard_normal(4 * ORT_MIN_SIZE).astype(np.float32) * 100
+    for x in (edges, np.concatenate([edges, bits]), normal.reshape(64, -1)):
+        with np.errstate(over="ignore"):
+            want = x.astype(np.float16).astype(np.float32)
+        got = round_fp16(x)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
+        assert np.isnan(got[np.isnan(want)]).all()
