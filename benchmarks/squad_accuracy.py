@@ -173,7 +173,7 @@ class Model:
     def int8_backend(self, smoothed: bool, method: str, groups, target: str):
         from bertrt.calibrate.mixed import float_gemm_drops, float_gemms
         from bertrt.calibrate.qdq import insert_qdq
-        from bertrt.ranges import apply_name_map
+        from bertrt.name_map import apply_name_map
         from bertrt.onnx_io import load_model
         from bertrt.run.backends import ReferenceBackend, implicit_int8_backend
 
