@@ -147,13 +147,14 @@ class Model:
     def ranges(self, source: Path, method: str) -> dict[str, float]:
         """Canonical ranges of ``source`` (cached as JSON in WORK)."""
         from bertrt.calibrate.stats import calibrate
+        from bertrt.ranges import read_ranges, write_ranges
 
         path = self.dir / f"ranges-{source.stem}-{method}.json"
         if not path.exists():
             log(f"{self.name}: calibrate ranges {source.name} ({method}, {self.calib_num} train features)")
             result = calibrate(source, self.feeds(), method=method, progress=progress())
-            path.write_text(json.dumps(result.amax, indent=1, sort_keys=True) + "\n")
-        return json.loads(path.read_text())
+            write_ranges(path, result.amax)  # the ranges format's one writer and reader (bertrt.ranges)
+        return read_ranges(path)
 
     def backend(self, row: str):
         """The backend a row runs on (see the module text)."""
