@@ -60,12 +60,10 @@ def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_pa
     Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
     not match, why. A partly fused encoder is an error unless --allow-partial.
     """
-    from bertrt.graph_io import read_skeleton
     from bertrt.ort_check import check_model_file
 
     # What onnx.checker refuses or ONNX Runtime cannot run is no model to fuse (duplicate names, a tensor nothing
-    # makes, a wrong dtype, an op its opset lacks). A damaged file is said so first, in bertrt's words.
-    read_skeleton(src)
+    # makes, a wrong dtype, an op its opset lacks).
     check_model_file(src, hint="surgery takes the canonical model that `bertrt convert` writes")
     if varseqlen and precision != "fp16":
         _log(f"--varseqlen: precision fp16, not {precision} (the var-seqlen plugins have no FP32 and no INT8 here)")
