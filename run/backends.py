@@ -258,6 +258,18 @@ def profile_max_seqlen(profiles) -> int:
     return min(hi[0] for _lo, _opt, hi in profiles)
 
 
+def engine_input_shape(profiles_of, varseqlen: bool) -> InputShape:
+    """What an engine takes, from its optimization profiles (``profiles_of(input name)`` -> (min, opt, max) per
+    profile). A var-seqlen engine packs no sequence past its max_seqlen profile, not the plugins' 384."""
+    if varseqlen:
+        cu = profiles_of("cu_seqlens")
+        return InputShape(None, None, varseqlen=True, max_batch=max(hi[0] for _, _, hi in cu) - 1,
+                          max_seqlen=profile_max_seqlen(profiles_of("max_seqlen")))
+    profiles = profiles_of("input_ids")
+    seqs = {s for lo, _, hi in profiles for s in (lo[1], hi[1])}
+    return InputShape(None, seqs.pop() if len(seqs) == 1 else None, max_batch=max(hi[0] for _, _, hi in profiles))
+
+
 def pick_profile(profiles, shape: tuple[int, ...]) -> int | None:
     """The first profile whose min ≤ shape ≤ max in every dimension (the former demo's rule), else None."""
     for index, (lo, _opt, hi) in enumerate(profiles):
@@ -286,15 +298,7 @@ class TrtBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         varseqlen = "cu_seqlens" in inputs
         self.profiles = engine_profiles(engine, "input_ids")
-        if varseqlen:
-            cu = engine_profiles(engine, "cu_seqlens")
-            shape = InputShape(None, None, varseqlen=True, max_batch=max(hi[0] for _, _, hi in cu) - 1,
-                               max_seqlen=profile_max_seqlen(engine_profiles(engine, "max_seqlen")))
-        else:
-            seqs = {s for lo, _, hi in self.profiles for s in (lo[1], hi[1])}
-            shape = InputShape(None, seqs.pop() if len(seqs) == 1 else None,
-                               max_batch=max(hi[0] for _, _, hi in self.profiles))
-        super().__init__(path, shape)
+        super().__init__(path, engine_input_shape(lambda name: engine_profiles(engine, name), varseqlen))
         self.output = "logits" if "logits" in names else next(n for n in names if n not in inputs)
         self._profile = 0
 

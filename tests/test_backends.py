@@ -164,8 +164,32 @@ def test_a_backend_failure_is_one_line_naming_the_model_and_the_cause(handbuilt,
 
 
 def test_a_packed_engine_packs_no_longer_than_its_max_seqlen_profile():
-    """The limit comes from the engine (its max_seqlen input's profiles, as bertrt build made them), not 384."""
-    from bertrt.run.backends import profile_max_seqlen
+    """#14, item 2: the limit comes from the engine (its max_seqlen input's profiles, as bertrt build made them),
+    not the plugins' 384. The profiles are data here; TrtBackend reads the same from a real engine."""
+    from bertrt.run.backends import Backend, engine_input_shape, profile_max_seqlen
 
     assert profile_max_seqlen([((1,), (64,), (64,)), ((1,), (64,), (64,))]) == 64
     assert profile_max_seqlen([((1,), (128,), (128,)), ((1,), (384,), (384,))]) == 128
+    built = {"cu_seqlens": [((2,), (9,), (9,))], "max_seqlen": [((1,), (64,), (64,))],  # bertrt build --seq 64
+             "input_ids": [((1,), (512,), (512,))]}
+    shape = engine_input_shape(built.__getitem__, varseqlen=True)
+    assert (shape.varseqlen, shape.max_batch, shape.max_seqlen) == (True, 8, 64)
+
+    class Packed(Backend):  # stands for the engine after packing: what reaches it is what it would read
+        name = "packed"
+
+        def _run(self, feeds):
+            self.seen = feeds
+            return np.zeros((feeds["input_ids"].size, 2), np.float32)
+
+    backend = Packed("e.plan", shape)
+    feeds = feeds_with_padding(1, 64)
+    feeds["input_mask"][:] = 1
+    backend.run(feeds)
+    assert backend.seen["cu_seqlens"].tolist() == [0, 64]  # 64 tokens: as long as the engine takes
+    feeds = feeds_with_padding(1, 100)
+    feeds["input_mask"][:] = 1  # 100 tokens: past the engine's 64, though within 384
+    with pytest.raises(BertrtError, match="^e.plan: sequence 0 has 100 tokens; the var-seqlen model computes at most 64"):
+        backend.run(feeds)
+    fixed = engine_input_shape({"input_ids": [((1, 128), (8, 128), (8, 128))]}.__getitem__, varseqlen=False)
+    assert (fixed.seq, fixed.max_batch, fixed.varseqlen) == (128, 8, False)
