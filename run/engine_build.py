@@ -121,16 +121,29 @@ def tensorrt_range(target: str) -> tuple[tuple[int, int, int], tuple[int, int, i
     return oldest, None if below is None else parse_version(below)
 
 
-def check_trt_version(target: str, trt_version: str, path=None) -> None:
-    """A BertrtError unless TensorRT ``trt_version`` is in the target's range."""
-    have = parse_version(trt_version)
+def _in_range(target: str, have: tuple[int, int, int]) -> bool:
     oldest, below = tensorrt_range(target)
-    if have < oldest or (below is not None and have >= below):
-        span = f"{_text(oldest)} or newer" if below is None else f"{_text(oldest)} to {below[0] - 1}.x" \
-            if below[1:] == (0, 0) else f"{_text(oldest)} up to (not including) {_text(below)}"
-        raise BertrtError(f"target {target} is for TensorRT {span}, not {trt_version}", path,
-                          hint="choose the target of that TensorRT (bertrt surgery run --target, then build with "
-                               "the same one)")
+    return have >= oldest and (below is None or have < below)
+
+
+def check_trt_version(target: str, trt_version: str, path=None) -> None:
+    """A BertrtError unless TensorRT ``trt_version`` is in the target's range; its hint names the targets that
+    are for that TensorRT, or says that none is."""
+    have = parse_version(trt_version)
+    if _in_range(target, have):
+        return
+    oldest, below = tensorrt_range(target)
+    span = f"{_text(oldest)} or newer" if below is None else f"{_text(oldest)} to {below[0] - 1}.x" \
+        if below[1:] == (0, 0) else f"{_text(oldest)} up to (not including) {_text(below)}"
+    fits = [name for name in bconfig.names("targets") if _in_range(name, have)]
+    if fits:
+        hint = (f"for TensorRT {trt_version} use --target {' or '.join(fits)} (bertrt surgery run --target, then "
+                "build with the same one)")
+    else:
+        first = min(bconfig.names("targets"), key=lambda name: tensorrt_range(name)[0])
+        hint = f"no target of bertrt is for TensorRT {trt_version} (the oldest, {first}, needs " \
+               f"{_text(tensorrt_range(first)[0])})"
+    raise BertrtError(f"target {target} is for TensorRT {span}, not {trt_version}", path, hint=hint)
 
 
 def _text(version: tuple[int, int, int]) -> str:

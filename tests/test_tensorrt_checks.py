@@ -126,8 +126,11 @@ def test_each_target_says_the_tensorrt_it_runs_on():
     check_trt_version("trt10-legacy", "10.0.1")
     check_trt_version("trt10", "10.16.1.11")
     for target, version in (("trt10-legacy", "9.3"), ("trt10", "10.5"), ("trt10", "11.1"), ("trt11", "10.16")):
-        with pytest.raises(BertrtError, match=f"target {target} is for TensorRT .*, not {version}"):
+        with pytest.raises(BertrtError, match=f"target {target} is for TensorRT .*, not {version}") as e:
             check_trt_version(target, version)
+        fits = {"9.3": "no target of bertrt is for TensorRT 9.3", "10.5": "use --target trt10-legacy",
+                "11.1": "use --target trt11", "10.16": "use --target trt10"}[version]
+        assert fits in str(e.value)  # the hint: the target that is for that TensorRT, or that none is
 
 
 def test_build_refuses_a_trt10_legacy_graph_for_tensorrt_8_6(fused, tmp_path):
@@ -137,7 +140,9 @@ def test_build_refuses_a_trt10_legacy_graph_for_tensorrt_8_6(fused, tmp_path):
     r = bertrt("build", legacy, "-o", tmp_path / "e.plan", "--target", "trt10-legacy", "--trt-version", "8.6",
                "--dry-run")
     assert r.exit_code == 1
-    assert r.output.strip().startswith(f"Error: {legacy}: target trt10-legacy is for TensorRT 10.0 to 10.x, not 8.6")
+    assert r.output.strip() == (f"Error: {legacy}: target trt10-legacy is for TensorRT 10.0 to 10.x, not 8.6; "
+                                "no target of bertrt is for TensorRT 8.6 (the oldest, trt10-legacy, needs 10.0)")
+    assert not (tmp_path / "e.plan").exists()
     r = bertrt("build", legacy, "-o", tmp_path / "e.plan", "--target", "trt10-legacy", "--trt-version", "10.0",
                "--dry-run")
     assert r.exit_code == 0, r.output
