@@ -133,3 +133,27 @@ def test_sequence_beyond_positions(tiny_onnx, tmp_path):
     result = pipeline.run_file(model, target="trt10", precision="fp16")
     misses = [m.reason for r in result.reports if r.name == "embeddings" for m in r.misses]
     assert any("the position table has 100 rows, fewer than the sequence length 128" in m for m in misses), misses
+
+
+def test_a_fused_graph_onnx_checker_refuses_is_not_written(tiny_onnx, tmp_path, monkeypatch):
+    """#14: 15 fuzzed inputs came out as graphs reading a tensor nothing makes; the written graph is checked
+    before it takes its name. Here a pass that loses a node stands for the bug."""
+    from bertrt.surgery import pipeline
+
+    original = pipeline.run_graph
+
+    def losing_a_node(*args, **kwargs):
+        result = original(*args, **kwargs)
+        g = result.graph
+        victim = next(n for n in g.nodes if n.op == "CustomSkipLayerNormPluginDynamic")
+        g.nodes.remove(victim)  # its output is still read by the next node, and nothing makes it now
+        return result
+
+    monkeypatch.setattr(pipeline, "run_graph", losing_a_node)
+    out = tmp_path / "out" / "fused.onnx"
+    r = _run("run", tiny_onnx, "-o", out)
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {tiny_onnx}: the graph made from it fails onnx.checker (") and \
+        line.endswith("; nothing written"), line
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
