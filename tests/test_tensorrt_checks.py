@@ -88,7 +88,8 @@ def test_build_refuses_a_trt10_int8_graph_qdqd_for_trt11(fused, tiny_ranges, tmp
     path = save_model(qdq, tmp_path / "trt10.qdq.onnx")
     r = bertrt("build", path, "-o", tmp_path / "e.plan", "--target", "trt11", "--precision", "int8", "--dry-run")
     assert r.exit_code == 1, r.output
-    line = r.output.strip().splitlines()[-1]
+    assert r.output.count("\n") == 1  # one line, and nothing of a plan before it
+    line = r.output.strip()
     assert line.startswith(f"Error: {path}: TensorRT cannot build it as planned: ")
     assert "is float32, but" in line and "a strongly typed network converts no types for a plugin" in line
     assert "bertrt surgery run --target trt11" in line and not (tmp_path / "e.plan").exists()
