@@ -44,14 +44,25 @@ def probe_feeds(session) -> dict[str, np.ndarray]:
     return feeds
 
 
+def quiet_options(optimize: bool = True):
+    """SessionOptions for a session whose failures bertrt reports itself: ONNX Runtime's C++ log off (its reason is
+    in the exception, which becomes the one Error line; the log, written to the terminal past Python, would be a
+    second, colored one)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    return options
+
+
 def check_loads(path: str | os.PathLike, hint: str | None = None):
     """The ONNX Runtime session of the model at path; a BertrtError naming the file and ONNX Runtime's reason if
     it cannot load it."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4  # its reason is in the error; its log would be a second, noisy line
+    options = quiet_options(optimize=False)
     try:
         return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types

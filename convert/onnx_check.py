@@ -17,7 +17,7 @@ from onnx import helper
 
 from bertrt.contract import INPUT_MASK
 from bertrt.errors import BertrtError
-from bertrt.ort_check import PROBE_SEQ
+from bertrt.ort_check import PROBE_SEQ, quiet_options
 from bertrt.ort_check import ort_message as _ort_message
 from bertrt.sanitize import SHAPE_VALUE_ELEMENTS
 
@@ -92,9 +92,7 @@ def run_once(model: onnx.ModelProto, src: Path, seq: int | None = None, path: Pa
 
     B, S = probe_shape(model, seq)
     feeds = {i.name: (np.ones if i.name == INPUT_MASK else np.zeros)((B, S), np.int32) for i in model.graph.input}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options = quiet_options(optimize=False)
     try:
         session = ort.InferenceSession(os.fspath(path) if path is not None else model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
@@ -126,9 +124,7 @@ def source_output_shapes(model: onnx.ModelProto, src: Path) -> dict[str, tuple]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         fill = np.ones if "mask" in i.name.lower() else np.zeros
         feeds[i.name] = fill(shape, dtype)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options = quiet_options(optimize=False)
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(None, feeds)

@@ -181,17 +181,23 @@ def _runner(model: onnx.ModelProto, label: str, amax):
         from bertrt.plugins.poly_runner import BertrtRefRunner
 
         return BertrtRefRunner(model, amax=amax, name=f"{label}:bertrt-ref"), "bertrt-ref"
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(SessionFromOnnx(model.SerializeToString(), providers=["CPUExecutionProvider"]),
+    from bertrt.ort_check import quiet_options
+
+    data = model.SerializeToString()
+    # Polygraphy's SessionFromOnnx keeps ONNX Runtime's log on: a failure would print it beside the Error line.
+    return OnnxrtRunner(lambda: ort.InferenceSession(data, quiet_options(), providers=["CPUExecutionProvider"]),
                         name=f"{label}:onnxrt"), "onnxrt"
 
 
 def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 0, iterations: int = 1,
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
-                   amax: dict[str, float] | None = None) -> CompareResult:
-    """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs.
+                   amax: dict[str, float] | None = None, b_path=None) -> CompareResult:
+    """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs
+    (``b_path``: the file a loaded ``b`` came from, which a refusal names).
 
     Inputs are random (see ``random_inputs``) unless ``inputs`` gives feed dicts or a Polygraphy JSON
     path. Tolerances default by precision (``TOLERANCES``); with no precision it is read from the
@@ -201,7 +207,7 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     from polygraphy.logger import G_LOGGER
 
     path_a = None if isinstance(a, onnx.ModelProto) else a
-    path_b = None if isinstance(b, onnx.ModelProto) else b
+    path_b = b_path if isinstance(b, onnx.ModelProto) else b
     ma = a if isinstance(a, onnx.ModelProto) else load_model(a)
     mb = b if isinstance(b, onnx.ModelProto) else load_model(b)
     for m, p in ((ma, path_a), (mb, path_b)):
@@ -228,12 +234,23 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
     from polygraphy.exception import PolygraphyException
 
+    from bertrt.ort_check import ort_message
+
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
-        try:
-            results = Comparator.run([ra, rb], data_loader=feeds)
-        except (Fail, InvalidArgument, InvalidGraph, RuntimeException, PolygraphyException) as e:  # cannot run
-            raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
-                              path_a) from None
+        results = None
+        for runner, kind, path in ((ra, ka, path_a), (rb, kb, path_b)):  # one at a time: a failure names its graph
+            try:
+                one = Comparator.run([runner], data_loader=feeds)
+            except (Fail, InvalidArgument, InvalidGraph, RuntimeException, PolygraphyException) as e:  # cannot run
+                who = "ONNX Runtime" if kind == "onnxrt" else "bertrt's reference"
+                first = next(iter(feeds[0].values()), None) if feeds else None
+                shape = "x".join(map(str, np.shape(first))) if first is not None else "no inputs"
+                raise BertrtError(f"{who} cannot run it on these inputs ({shape}): {ort_message(e)}",
+                                  path) from None
+            if results is None:
+                results = one
+            else:
+                results.extend(one)  # RunResults: a list of (runner name, iteration results)
         acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
     per_iter = next(iter(acc[0].values()))
     diffs = []

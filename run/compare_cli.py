@@ -50,7 +50,7 @@ def compare(a, b, precision, atol, rtol, batch, seq, seed, iterations, load_inpu
         click.echo(result.table())
         raise SystemExit(0 if result.passed else 1)
     result = compare_models(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
-                            atol=atol, rtol=rtol, inputs=load_inputs, amax=amax)
+                            atol=atol, rtol=rtol, inputs=load_inputs, amax=amax, b_path=b)
     for side, names in result.only_in.items():
         click.echo(f"note: only {side} has output(s) {', '.join(names)}; not compared", err=True)
     click.echo(result.table())

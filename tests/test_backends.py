@@ -189,7 +189,8 @@ def test_a_packed_engine_packs_no_longer_than_its_max_seqlen_profile():
     assert backend.seen["cu_seqlens"].tolist() == [0, 64]  # 64 tokens: as long as the engine takes
     feeds = feeds_with_padding(1, 100)
     feeds["input_mask"][:] = 1  # 100 tokens: past the engine's 64, though within 384
-    with pytest.raises(BertrtError, match="^e.plan: sequence 0 has 100 tokens; the var-seqlen model computes at most 64"):
+    with pytest.raises(BertrtError, match="^e.plan: sequence 0 has 100 tokens; the var-seqlen model computes at most "
+                                          "64"):
         backend.run(feeds)
     fixed = engine_input_shape({"input_ids": [((1, 128), (8, 128), (8, 128))]}.__getitem__, varseqlen=False)
     assert (fixed.seq, fixed.max_batch, fixed.varseqlen) == (128, 8, False)

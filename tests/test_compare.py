@@ -136,3 +136,24 @@ def test_compare_past_the_position_table_is_one_line(canonical_fixtures, tmp_pat
         assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
         assert r.stderr.strip() == (f"Error: {canonical}: seq 128 is longer than the model's 64 positions; "
                                     "compare at 64 tokens or fewer")
+
+
+def test_a_graph_that_fails_when_it_runs_is_named_in_one_line(tiny_onnx, tmp_path, capfd):
+    """#14 (found by the fuzz campaign once it read file descriptor 2): compare named the first model whichever
+    failed, and ONNX Runtime's C++ log printed a second, colored line on the terminal beside the Error line."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(tiny_onnx)
+    model.graph.initializer.append(helper.make_tensor("bad_shape", onnx.TensorProto.INT64, [2], [7, -1]))
+    last = model.graph.node[-1]
+    last.output[0] = "before_bad_reshape"  # it loads; [1, 128, 2] cannot become [7, -1] when it runs
+    model.graph.node.append(helper.make_node("Reshape", ["before_bad_reshape", "bad_shape"], ["logits"]))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    capfd.readouterr()
+    r = CliRunner().invoke(cli, ["compare", str(tiny_onnx), str(broken)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        f"Error: {broken}: ONNX Runtime cannot run it on these inputs (1x128): "), r.stderr
+    assert capfd.readouterr().err == ""  # nothing past Python's stderr (ONNX Runtime's log is off)

@@ -89,7 +89,22 @@ def _print_record(request):
 
 
 def bertrt(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    """The command through CliRunner, with what native code (ONNX Runtime's C++ logger) wrote to file descriptor 2
+    meanwhile as ``result.native_stderr``: CliRunner sees only Python's sys.stderr, a user's terminal sees both."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 2)
+        try:
+            result = CliRunner().invoke(cli, [str(a) for a in args])
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        native.seek(0)
+        result.native_stderr = native.read().decode("utf-8", "replace")
+    return result
 
 
 def refusal_problem(result) -> str | None:
@@ -98,6 +113,9 @@ def refusal_problem(result) -> str | None:
         return f"traceback: {type(result.exception).__name__}: {str(result.exception)[:200]}"
     if "Traceback (most recent call last)" in result.output:
         return "a traceback in the output"
+    native = [line for line in getattr(result, "native_stderr", "").splitlines() if line.strip()]
+    if native:
+        return f"a second message beside the Error line (native stderr): {native[0][:200]!r}"
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     if len(errors) != 1 or not ERROR_LINE.match(errors[0]):
         return f"not one 'Error: ...' line: {result.stderr.strip()[-300:]!r}"
