@@ -133,7 +133,7 @@ def test_compare_past_the_position_table_is_one_line(canonical_fixtures, tmp_pat
     assert CliRunner().invoke(cli, ["surgery", "run", str(canonical), "-o", str(fused)]).exit_code == 0
     for b in (canonical, fused):
         r = CliRunner().invoke(cli, ["compare", str(canonical), str(b), "--seq", "128"])
-        assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+        assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
         assert r.stderr.strip() == (f"Error: {canonical}: seq 128 is longer than the model's 64 positions; "
                                     "compare at 64 tokens or fewer")
 
