@@ -495,3 +495,20 @@ def test_make_engine_takes_a_qat_export_with_its_own_scales(target, tmp_path):
 
     float_export = plan(FIXTURES / "hf_qa_eager.onnx")
     assert "calibrate smooth" in float_export and "calibrate qat" not in float_export
+
+
+def test_packed_int8_bound_is_each_sequences_own_steps(canonical, tmp_path):
+    """compare_packed at int8 bounds each sequence's mean error by 2 steps of that sequence's padded output. The
+    packed graph computes in FP16 (the var-seqlen plugins have no INT8 here): within the bound of the padded FP16
+    graph, outside it on some sequence against the QAT model's INT8; a given atol still overrides the bound."""
+    from bertrt.run.compare import compare_packed
+
+    model, folder = canonical["linear"]
+    packed, padded = tmp_path / "packed.onnx", tmp_path / "padded.onnx"
+    _run("surgery", "run", model, "-o", packed, "--target", "trt11", "--varseqlen")
+    _run("surgery", "run", model, "-o", padded, "--target", "trt11", "--precision", "fp16")
+    same = compare_packed(padded, packed, batch=4, seq=16, precision="int8")
+    assert same.atol is None and same.passed and "2 steps of the output's INT8 grid" in same.table()
+    qat = compare_packed(model, packed, batch=4, seq=16)
+    assert qat.precision == "int8" and not all(s.passed for s in qat.sequences)
+    assert compare_packed(model, packed, batch=4, seq=16, atol=1.0).passed  # a given atol is absolute
