@@ -159,11 +159,12 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 
     from bertrt.atomic import write_text
     from bertrt.calibrate import smooth
+    from bertrt.calibrate.qat import has_qdq
     from bertrt.onnx_io import load_model, save_model
 
     _one_source(squad_json, npz_dir)
     proto = load_model(model)
-    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+    if has_qdq(proto):
         raise BertrtError("a Q/DQ (QAT) model is quantized already; its ranges come from `bertrt calibrate qat`",
                           model)
     skip = []
@@ -332,7 +333,7 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     from bertrt.ranges import read_ranges
     from bertrt.run.tokenization import vocab_or_default
 
-    from bertrt.run.compare import has_qdq
+    from bertrt.calibrate.qat import has_qdq
 
     graph = load_model(model, load_external_data=False)
     seq = data_source.model_seq(graph, model, seq)

@@ -40,6 +40,11 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return values
 
 
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether a graph computes INT8 through Q/DQ nodes (a QAT export, a TensorRT 11 Q/DQ graph)."""
+    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+
+
 def several_scales(model: onnx.ModelProto) -> dict[str, list[float]]:
     """Activations several QuantizeLinear nodes quantize with different per-tensor scales (PyTorch quantizes the
     input of Q, K and V once per Linear) -> those scales, in graph order."""

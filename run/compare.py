@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertrt.calibrate.qat import has_qdq
 from bertrt.calibrate.qdq import QMAX
 from bertrt.contract import DEFAULT_SEQ, INPUT_IDS, INPUT_MASK, SEGMENT_IDS, random_feeds
 from bertrt.errors import BertrtError
@@ -101,11 +102,6 @@ def tolerances(precision: str, atol: float | None = None, rtol: float | None = N
         raise BertrtError(f"unknown error statistic '{stat}' (choose from {', '.join(ERROR_STATS)})")
     d_atol, d_rtol, d_stat = TOLERANCES[precision]
     return (d_atol if atol is None else atol, d_rtol if rtol is None else rtol, d_stat if stat is None else stat)
-
-
-def has_qdq(model: onnx.ModelProto) -> bool:
-    """Whether a graph computes INT8 through Q/DQ nodes (a QAT export, a TensorRT 11 Q/DQ graph)."""
-    return any(n.op_type == "DequantizeLinear" for n in model.graph.node)
 
 
 def graph_precision(model: onnx.ModelProto) -> str:
