@@ -33,9 +33,15 @@ class KernelRunner(ReferenceRunner):
     def _plugin_step(self, node, out_dtypes):
         return KernelExecutor(node, self.lib, self.sm, out_dtypes, self.amax)
 
+    device = "cuda"
+
     def _const(self, name: str):
+        """An initializer as a torch tensor: on the GPU, except int64 ones (shapes, axes), which ops read as
+        Python ints and which must not cost a device sync (nor break CUDA graph capture)."""
         if name not in self._consts:
-            self._consts[name] = self.torch.as_tensor(np.array(numpy_helper.to_array(self._inits[name]))).cuda()
+            arr = np.array(numpy_helper.to_array(self._inits[name]))
+            t = self.torch.as_tensor(arr)
+            self._consts[name] = t if arr.dtype == np.int64 else t.to(self.device)
         return self._consts[name]
 
     def _segment(self, seg: Segment) -> TorchSegment:
@@ -54,7 +60,7 @@ class KernelRunner(ReferenceRunner):
                 from bertrt.errors import BertrtError
 
                 raise BertrtError(f"no value given for graph input '{vi.name}'", self.path)
-            env[vi.name] = torch.as_tensor(np.asarray(feeds[vi.name])).cuda() if not torch.is_tensor(
+            env[vi.name] = torch.as_tensor(np.asarray(feeds[vi.name])).to(self.device) if not torch.is_tensor(
                 feeds[vi.name]) else feeds[vi.name]
         for step, release in zip(self.steps, self._release):
             if isinstance(step, Segment):

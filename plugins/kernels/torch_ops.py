@@ -112,6 +112,14 @@ def _slice(node, ins, a):
     return [x[tuple(idx)]]
 
 
+def _constant(t):
+    import torch
+
+    arr = numpy_helper.to_array(t)
+    out = torch.as_tensor(np.array(arr))
+    return out if arr.dtype == np.int64 or not torch.cuda.is_available() else out.cuda()
+
+
 def _ops():
     import torch
     import torch.nn.functional as F
@@ -165,15 +173,16 @@ def _ops():
         "Split": _split,
         "Slice": _slice,
         "Concat": lambda n, i, a: [torch.cat([t for t in i if t is not None], dim=a["axis"])],
-        "Gather": lambda n, i, a: [torch.index_select(i[0], a.get("axis", 0), i[1].reshape(-1).long()).reshape(
+        "Gather": lambda n, i, a: [torch.index_select(i[0], a.get("axis", 0), i[1].reshape(-1).long().to(
+            i[0].device)).reshape(
             i[0].shape[:a.get("axis", 0) % i[0].dim()] + i[1].shape + i[0].shape[a.get("axis", 0) % i[0].dim() + 1:])],
         "Shape": lambda n, i, a: [torch.tensor(list(i[0].shape)[a.get("start", 0):a.get("end", None)],
-                                               dtype=torch.int64, device=i[0].device)],
+                                               dtype=torch.int64)],
         "Where": lambda n, i, a: [torch.where(i[0], i[1], i[2])],
         "Equal": lambda n, i, a: [i[0] == i[1]],
         "Not": lambda n, i, a: [~i[0]],
         "Expand": lambda n, i, a: [i[0] * torch.ones(_ints(i[1]), dtype=i[0].dtype, device=i[0].device)],
-        "Constant": lambda n, i, a: [torch.as_tensor(numpy_helper.to_array(a["value"])).cuda()],
+        "Constant": lambda n, i, a: [_constant(a["value"])],
     }
 
 
