@@ -104,7 +104,7 @@ def check_cubins(folder: Path) -> list[dict]:
             row.update(ok=True, num_regs=fn.num_regs, max_threads_per_block=fn.max_threads_per_block,
                        threads_ok=fn.max_threads_per_block >= k["threads"])
             # What the runner does before launching: allow the table's dynamic shared memory.
-            cupy.cuda.driver.funcSetAttribute(fn.ptr, 8, k["shared_mem"])  # MAX_DYNAMIC_SHARED_SIZE_BYTES
+            fn.max_dynamic_shared_size_bytes = k["shared_mem"]
             row["shared_mem_ok"] = True
         except Exception as e:  # a cubin that does not load is a result, not a crash
             row.update(ok=False, error=f"{type(e).__name__}: {e}")
@@ -113,27 +113,33 @@ def check_cubins(folder: Path) -> list[dict]:
     return rows
 
 
-def check_plugins(lib, sm) -> list[dict]:
+def check_plugins(lib, sm, out: Path) -> list[dict]:
+    """The per-plugin table; the attention kernels' outputs are also saved (attention.npz) for study on the CPU."""
     from bertrt.plugins.kernels.check import cases, run_case
 
-    rows = []
-    for case in cases():
+    rows, saved = [], {}
+    for index, case in enumerate(cases()):
         base = {"plugin": case.label, "precision": case.precision, "layout": case.layout, "seq": case.seq,
                 "what": case.what}
         try:
             res = run_case(case, lib, sm)
-            for out, mabs, mrel, steps, n in res.outputs:
-                rows.append({**base, "output": out, "max_abs": mabs, "max_rel": mrel, "steps": steps, "n": n})
-                log(f"{case.label} {case.precision} {case.layout} S={case.seq} {case.what} out {out}: "
+            if case.plugin.startswith("CustomQKV"):
+                for name, arr in res.kernel.items():
+                    q = np.rint(arr / case.out_scale).astype(np.int8) if case.out_scale else arr.astype(np.float16)
+                    saved[f"case{index}"] = q
+            for output, mabs, mrel, steps, n in res.outputs:
+                rows.append({**base, "output": output, "max_abs": mabs, "max_rel": mrel, "steps": steps, "n": n})
+                log(f"{case.label} {case.precision} {case.layout} S={case.seq} {case.what} out {output}: "
                     f"abs {mabs:.3e} rel {mrel:.3e}" + (f" steps {steps:.2f}" if steps is not None else ""))
         except Exception as e:
             rows.append({**base, "error": f"{type(e).__name__}: {e}"})
             log(f"{case.label} {case.precision} {case.layout} S={case.seq}: ERROR {e}")
             traceback.print_exc()
+    np.savez_compressed(out / "attention.npz", **saved)
     return rows
 
 
-def run_pack(folder: Path, out: Path, lib, sm, batch: int) -> list[dict]:
+def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False) -> list[dict]:
     import torch
     from kernels_pack import unpack
 
@@ -147,7 +153,8 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int) -> list[dict]:
         amax_path = folder / f"{name}.amax.json"
         amax = json.loads(amax_path.read_text()) if amax_path.exists() else None
         start = time.perf_counter()
-        runner = KernelRunner(unpack(folder, name), amax=amax, lib=lib, sm=sm)
+        runner = KernelRunner(unpack(folder, name), amax=amax, lib=lib, sm=sm, half_gemms=half_gemms)
+        name = name + (".half-gemms" if half_gemms else "")
         n = feats["input_ids"].shape[0]
         logits = []
         t0 = time.perf_counter()
@@ -166,7 +173,8 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int) -> list[dict]:
 
 
 def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
-    """fp16 BERT-Base/Large (zoo weights) on the kernels backend and on PyTorch fp16 HF BERT (SDPA), CUDA graphs."""
+    """fp16 BERT-Base/Large (the zoo's seeded weights) on the kernels backend (NVIDIA's plugin kernels, PyTorch
+    FP16 GEMMs) and on PyTorch fp16 HF BertForQuestionAnswering (SDPA), each replayed from a CUDA graph."""
     import torch
 
     from bertrt.plugins.handbuilt import fused_bert, random_bert_weights
@@ -208,7 +216,8 @@ def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
 
     for size, (L, E, N, I) in sizes.items():
         w = random_bert_weights(L, E, N, I, seed=0)
-        runner = KernelRunner(fused_bert(w, L, N, "fp16"), lib=lib, sm=sm)
+        runner = KernelRunner(fused_bert(w, L, N, "fp16"), lib=lib, sm=sm, half_gemms=True)
+        del w
         from transformers import BertConfig, BertForQuestionAnswering
 
         cfg = BertConfig(hidden_size=E, num_hidden_layers=L, num_attention_heads=N, intermediate_size=I,
@@ -251,6 +260,7 @@ def main():
     ap.add_argument("--plugins", action="store_true")
     ap.add_argument("--pack", type=Path, default=None)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--half-gemms", action="store_true", help="--pack: also a run with the GEMMs in FP16")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--latency-batches", default="1,8,32,128")
     ap.add_argument("--latency-seqs", default="128,384")
@@ -275,10 +285,12 @@ def main():
         result["cubins"] = check_cubins(args.cubins)
         save()
     if args.plugins:
-        result["plugins"] = check_plugins(lib, sm)
+        result["plugins"] = check_plugins(lib, sm, args.out)
         save()
     if args.pack:
         result["graphs"] = run_pack(args.pack, args.out, lib, sm, args.batch)
+        if args.half_gemms:
+            result["graphs"] += run_pack(args.pack, args.out, lib, sm, args.batch, half_gemms=True)
         save()
     if args.latency:
         result["latency"] = latency(lib, sm, [int(b) for b in args.latency_batches.split(",")],

@@ -114,7 +114,7 @@ def qkv_cases(rng):
             name = f"qkv_fixed_{S}_{H}_{t}"
             node = _node(QKV_TO_CONTEXT, "4", 2, 1, {"type_id": t, "hidden_size": E, "num_heads": N, "has_mask": 1},
                          name)
-            fused = "fused" in what
+            fused = what.endswith("fused fmha v1")  # the fused runners read EmbLayerNorm's packed mask
             amax = {f"{name}/in0": QKV_AMAX, f"{name}/out0": CTX_AMAX} if t == TYPE_INT8 else {}
             out.append(Case(QKV_TO_CONTEXT, "4", PRECISION[t], "fixed", S, what, node, [x, mask_idx],
                             [x, mask_sb if fused else mask_idx], amax,
@@ -191,6 +191,7 @@ class CaseResult:
     case: Case
     outputs: list  # (output index, max abs, max rel, max steps or None, elements)
     error: str | None = None
+    kernel: dict = field(default_factory=dict)  # output name -> the kernel's output (numpy)
 
 
 def diff(kernel: np.ndarray, ref: np.ndarray, step: float | None):
@@ -227,16 +228,17 @@ def run_case(case: Case, lib, sm: int) -> CaseResult:
         torch.cuda.synchronize()
     finally:
         kx.close()
-    rows = []
+    rows, kernel_out = [], {}
     for i, name in enumerate(case.node.output):
         if name not in ref or name not in got:
             continue
         if case.plugin == EMB_LAYER_NORM and i == 1 and case.layout == "varseqlen":
             continue  # a 0-d dummy on both sides
         k = got[name].cpu().numpy()
+        kernel_out[name] = k
         rows.append((i, *diff(k, ref[name], case.out_scale if i == 0 else None)))
         if case.lengths is not None and i == 0:  # the rows of real tokens alone (padded query rows aside)
             S = k.shape[0]
             valid = np.arange(S)[:, None] < case.lengths[None, :]
             rows.append(("0 valid rows", *diff(k.reshape(ref[name].shape)[valid], ref[name][valid], case.out_scale)))
-    return CaseResult(case, rows)
+    return CaseResult(case, rows, kernel=kernel_out)

@@ -244,7 +244,7 @@ class KernelExecutor:
             sk = to_chw32(self.to_type(a[1], TYPE_INT8, self.inputs[1]))
             T = a[0].shape[2]
             out = torch.empty_like(x)
-            self.lib.call("bertrt_skip_ln_il", E, E * T, x.data_ptr(), sk.data_ptr(),
+            self.lib.call("bertrt_skip_ln_il", E, T, x.data_ptr(), sk.data_ptr(),
                           self.weight("beta", torch.float16).data_ptr(), self.weight("gamma", torch.float16).data_ptr(),
                           out.data_ptr(), s_in, s_skip, 1.0 / s_out, self.stream)
             return [from_chw32(out, E, T)]

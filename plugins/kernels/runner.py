@@ -19,7 +19,9 @@ class KernelRunner(ReferenceRunner):
     ``lib``/``sm`` come from ``open_library`` (built from the TensorRT OSS checkout ``trt_oss``) unless given.
     """
 
-    def __init__(self, model, amax=None, trt_oss=None, lib=None, sm=None, log=lambda m: None):
+    def __init__(self, model, amax=None, trt_oss=None, lib=None, sm=None, log=lambda m: None,
+                 half_gemms: bool = False):
+        self.half_gemms = half_gemms  # MatMul/Gemm in FP16 (what a weakly typed TensorRT FP16 build may pick)
         if lib is None:
             lib, sm = open_library(trt_oss, log=log)
         self.lib, self.sm = lib, sm
@@ -48,7 +50,8 @@ class KernelRunner(ReferenceRunner):
         key = id(seg)
         if key not in self._segments:
             used = {i for n in seg.nodes for i in n.input if i in self._inits}
-            self._segments[key] = TorchSegment(seg.nodes, {i: self._const(i) for i in used})
+            self._segments[key] = TorchSegment(seg.nodes, {i: self._const(i) for i in used}, keep=seg.outputs,
+                                               half_gemms=self.half_gemms)
         return self._segments[key]
 
     def run_torch(self, feeds: dict) -> dict:

@@ -139,12 +139,13 @@ int bertrt_skip_ln(int type_id, int ld, int n, void const* in, void const* skip,
     })
 }
 
-// SkipLayerNorm INT8 interleaved HFace (v3/v7): the plugin's enqueue picks small for ld <= 768.
+// SkipLayerNorm INT8 interleaved HFace (v3/v7), input [1, ld, total, 1] CHW32: the plugin's enqueue takes the
+// small kernel below 4096 tokens.
 int bertrt_skip_ln_il(int ld, int total, void const* in, void const* skip, void const* beta, void const* gamma,
     void* out, float dq_in, float dq_skip, float q_out, void* stream)
 {
     GUARD({
-        auto fn = ld <= 768 ? launch_small_hface : launch_large_hface;
+        auto fn = total < 4096 ? launch_small_hface : launch_large_hface;
         int32_t status = fn(st(stream), ld, total, static_cast<int8_t const*>(in), static_cast<int8_t const*>(skip),
             static_cast<half const*>(beta), static_cast<half const*>(gamma), static_cast<int8_t*>(out), dq_in, dq_skip,
             q_out);

@@ -189,10 +189,33 @@ def _ops():
 class TorchSegment:
     """A run of standard nodes as PyTorch CUDA calls (the ops table above)."""
 
-    def __init__(self, nodes, constants):
+    def __init__(self, nodes, constants, keep=(), half_gemms: bool = False):
+        import torch
+
         self.nodes = nodes
-        self.constants = constants  # name -> torch tensor on the GPU (initializers)
+        self.constants = dict(constants)  # name -> torch tensor on the GPU (initializers)
         self.table = _ops()
+        if half_gemms:
+            mm = self.table["MatMul"]
+            self.table["MatMul"] = lambda n, i, a: [mm(n, [t.half() for t in i], a)[0].float()]
+            for n in nodes:  # the weights once in FP16, not at every call
+                if n.op_type == "MatMul":
+                    for name in n.input:
+                        t = self.constants.get(name)
+                        if t is not None and t.is_floating_point():
+                            self.constants[name] = t.half()
+        # Tensors made and used only inside the segment go once their last reader has run.
+        keep = set(keep)
+        last = {}
+        for k, n in enumerate(nodes):
+            for name in n.input:
+                last[name] = k
+        made = {o for n in nodes for o in n.output}
+        self.drop = [[] for _ in nodes]
+        for name, k in last.items():
+            if name in made and name not in keep:
+                self.drop[k].append(name)
+        self._torch = torch
         bad = sorted({n.op_type for n in nodes if n.op_type not in self.table or n.domain not in ("", "ai.onnx")})
         if bad:
             raise BertrtError(f"the kernels backend has no PyTorch version of op {bad[0]} "
@@ -200,9 +223,11 @@ class TorchSegment:
         self.attrs = [_attrs(n) for n in nodes]
 
     def run(self, env: dict) -> None:
-        for node, a in zip(self.nodes, self.attrs):
+        for node, a, drop in zip(self.nodes, self.attrs, self.drop):
             ins = [None if not name else env[name] if name in env else self.constants[name] for name in node.input]
             outs = self.table[node.op_type](node, ins, a)
             for name, t in zip(node.output, outs):
                 if name:
                     env[name] = t
+            for name in drop:
+                env.pop(name, None)
