@@ -161,6 +161,9 @@ def _ops():
         "Gelu": lambda n, i, a: [F.gelu(i[0], approximate=a.get("approximate", b"none").decode()
                                         if isinstance(a.get("approximate"), bytes) else a.get("approximate", "none"))],
         "Softmax": lambda n, i, a: [torch.softmax(i[0], dim=a.get("axis", -1))],
+        "LayerNormalization": lambda n, i, a: [F.layer_norm(
+            i[0], i[0].shape[a.get("axis", -1) % i[0].dim():], i[1], i[2] if len(i) > 2 else None,
+            a.get("epsilon", 1e-5))],
         "Cast": lambda n, i, a: [i[0].to(torch_dtype(a["to"]))],
         "ReduceSum": _reduce(lambda x, ax, k: x.sum(dim=ax, keepdim=k)),
         "ReduceMean": _reduce(lambda x, ax, k: x.float().mean(dim=ax, keepdim=k)),
