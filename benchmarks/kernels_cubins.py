@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from bertrt.plugins.kernels.tree import TrtOssTree, read_cubin_arrays
+from bertrt.plugins.kernels.tree import TABLES, TrtOssTree, read_cubin_arrays
 
 
 def main():
@@ -40,6 +40,8 @@ def main():
         (args.out / f"{k.cubin}.cubin").write_bytes(arrays[k.cubin])
         rows.append({**asdict(k), "file": f"{k.cubin}.cubin"})
     (args.out / "kernels.json").write_text(json.dumps(rows, indent=1))
+    # The v2 header too: its parameter struct is what kernels_h200.py --cubins packs for the direct launches.
+    (args.out / "fused_multihead_attention_v2.h").write_bytes((tree.root / TABLES[2]).read_bytes())
     print(f"{len(rows)} kernels, {len(arrays)} cubins -> {args.out}")
 
 

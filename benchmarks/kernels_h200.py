@@ -113,6 +113,48 @@ def check_cubins(folder: Path) -> list[dict]:
     return rows
 
 
+def check_direct(folder: Path, lib, sm) -> list[dict]:
+    """fmha v2 FP16 launched from Python (bertrt.plugins.kernels.fmha_direct: struct from the header, cuLaunchKernel)
+    against the same kernel through the plugin's runner, on the var-seqlen cases of the per-plugin check."""
+    import torch
+
+    from bertrt.plugins.kernels.check import cases
+    from bertrt.plugins.kernels.execute import KernelExecutor
+    from bertrt.plugins.kernels.fmha_direct import fmha_v2_fp16
+
+    header = (folder / "fused_multihead_attention_v2.h").read_text()
+    meta = json.loads((folder / "kernels.json").read_text())
+    cubins = {k["cubin"]: (folder / k["file"]).read_bytes() for k in meta}
+    rows = []
+    for case in cases():
+        if not (case.plugin.startswith("CustomQKV") and case.layout == "varseqlen" and case.precision == "fp16"):
+            continue
+        for batch in (4, 8):  # 4: the "no loop" kernel (B <= 4 on sm_90), 8: the looping one
+            x, dummy, cu, ms = case.gpu_inputs
+            lens = np.diff(cu)
+            if batch == 8:
+                lens = np.concatenate([lens, lens[::-1]])
+                x = np.concatenate([x, x[::-1]])
+                cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+            ins = [torch.as_tensor(a).cuda() for a in (x, dummy, cu, ms)]
+            row = {"seq": case.seq, "batch": batch, "tokens": int(cu[-1])}
+            try:
+                kx = KernelExecutor(case.node, lib, sm, {}, {})
+                runner = kx(ins)[case.node.output[0]]
+                N = int(kx.v["num_heads"])
+                kx.close()
+                direct = fmha_v2_fp16(header, meta, cubins, ins[0].reshape(x.shape[0], -1).half().contiguous(),
+                                      ins[2].to(torch.int32), N, case.seq)
+                torch.cuda.synchronize()
+                d = (direct.float().reshape(runner.shape) - runner.float()).abs().max().item()
+                row.update(max_abs=d, bit_exact=bool(torch.equal(direct.float().reshape(runner.shape), runner.float())))
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+            log(f"direct fmha v2 fp16 {row}")
+            rows.append(row)
+    return rows
+
+
 def check_plugins(lib, sm, out: Path) -> list[dict]:
     """The per-plugin table; the attention kernels' outputs are also saved (attention.npz) for study on the CPU."""
     from bertrt.plugins.kernels.check import cases, run_case
@@ -283,6 +325,9 @@ def main():
     save()
     if args.cubins:
         result["cubins"] = check_cubins(args.cubins)
+        save()
+    if args.cubins and (args.cubins / "fused_multihead_attention_v2.h").exists():
+        result["direct"] = check_direct(args.cubins, lib, sm)
         save()
     if args.plugins:
         result["plugins"] = check_plugins(lib, sm, args.out)

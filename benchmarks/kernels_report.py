@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--latency-log", type=Path, required=True)
     ap.add_argument("--commit", required=True)
     ap.add_argument("--trt-oss-ref", required=True)
+    ap.add_argument("--direct", type=Path, default=None, help="a kernels.json with the direct fmha v2 launches")
     ap.add_argument("--calls", default="", help="which device runs measured what, in words")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
@@ -65,6 +66,23 @@ def main():
         w(f"| `{r['func']}` | v{r['version']} | {r['dtype']}{' il' if r['interleaved'] else ''} | {r['seq']} | "
           f"{r['shared_mem']} | {r['threads']} | {r.get('num_regs', '')} | {'yes' if r.get('ok') else r.get('error')} |")
     w("")
+    if args.direct:
+        rows = json.loads(args.direct.read_text())["direct"]
+        w("## fmha v2 FP16 launched from Python against the plugin's runner")
+        w("")
+        w("`bertrt.plugins.kernels.fmha_direct` builds `Fused_multihead_attention_params_v2` as a ctypes struct parsed "
+          "from the checkout's header (its offsets were also checked against g++'s `offsetof` of the real header), "
+          "picks the kernel from the metadata table as `FusedMultiHeadAttentionXMMAKernelV2::run` does and calls "
+          "`cuLaunchKernel`; the result is compared with `FusedMHARunnerFP16v2` (the var-seqlen QKV cases of the "
+          "table below, and the same sequences twice for batch 8):")
+        w("")
+        w("| S | batch | tokens | kernel | max abs (direct − runner) | bit exact |")
+        w("|---|---|---|---|---|---|")
+        for r in rows:
+            kind = "no-loop (`_nl`)" if r["batch"] <= 4 else "looping"
+            w(f"| {r['seq']} | {r['batch']} | {r['tokens']} | {kind} | {r.get('max_abs', r.get('error'))} | "
+              f"{'yes' if r.get('bit_exact') else 'no'} |")
+        w("")
     w("## Per plugin: kernel against the CPU reference (same inputs)")
     w("")
     w("max abs = max |kernel − reference| over all output elements; max rel = max |kernel − reference| / |reference| "

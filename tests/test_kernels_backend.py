@@ -268,3 +268,77 @@ def test_require_gpu_is_tool_missing():
     with pytest.raises(ToolMissing) as info:
         klib.require_gpu()
     assert info.value.exit_code == 3
+
+
+# ---------------------------------------------------------------- the fmha v2 parameter struct (direct launches)
+
+_STRUCT = """
+struct Fused_multihead_attention_params_v2
+{
+    // The QKV matrices.
+    void* qkv_ptr{};
+    void* packed_mask_ptr{};
+    void* o_ptr{};
+    int64_t qkv_stride_in_bytes{};
+    int64_t packed_mask_stride_in_bytes{};
+    int64_t o_stride_in_bytes;
+#if defined(STORE_P)
+    void* p_ptr{};
+    int64_t p_stride_in_bytes{};
+#endif // defined(STORE_P)
+    int32_t b{};
+    int32_t h{};
+    int32_t s{};
+    int32_t d{};
+    uint32_t scale_bmm1{};
+    uint32_t scale_softmax{};
+    uint32_t scale_bmm2{};
+    bool enable_i2f_trick{};
+    int32_t* cu_seqlens{};
+    bool interleaved{};
+    bool ignore_b1opt{};
+    bool force_unroll{};
+    bool use_int8_scale_max{};
+    int32_t heads_per_wave{};
+    int32_t* counters{};
+    float* max_scratch_ptr{};
+
+    void clear()
+    {
+        *this = Fused_multihead_attention_params_v2();
+    }
+};
+"""
+
+
+def test_fmha_v2_params_struct_follows_the_c_layout():
+    from bertrt.plugins.kernels.fmha_direct import params_struct
+
+    P = params_struct(_STRUCT)
+    offsets = {name: getattr(P, name).offset for name, _ in P._fields_}
+    # x86-64 C layout, by hand: 3 pointers, 3 int64, 4 int32, 3 uint32, a bool padded to the pointer after it,
+    # 4 bools packed, an int32, then pointers.
+    assert offsets == {"qkv_ptr": 0, "packed_mask_ptr": 8, "o_ptr": 16, "qkv_stride_in_bytes": 24,
+                       "packed_mask_stride_in_bytes": 32, "o_stride_in_bytes": 40, "b": 48, "h": 52, "s": 56, "d": 60,
+                       "scale_bmm1": 64, "scale_softmax": 68, "scale_bmm2": 72, "enable_i2f_trick": 76,
+                       "cu_seqlens": 80, "interleaved": 88, "ignore_b1opt": 89, "force_unroll": 90,
+                       "use_int8_scale_max": 91, "heads_per_wave": 92, "counters": 96, "max_scratch_ptr": 104}
+    assert ctypes.sizeof(P) == 112
+    with_p = params_struct(_STRUCT, defines=("STORE_P",))
+    assert with_p.p_ptr.offset == 48 and with_p.b.offset == 64  # a build with STORE_P moves everything after it
+
+
+def test_fmha_v2_params_struct_refuses_unknown_members():
+    from bertrt.plugins.kernels.fmha_direct import params_struct
+
+    with pytest.raises(BertrtError, match="member type double"):
+        params_struct(_STRUCT.replace("int32_t heads_per_wave{};", "double heads_per_wave{};"))
+    with pytest.raises(BertrtError, match="no struct"):
+        params_struct("struct Other {};")
+
+
+def test_half2_bits_is_set_alpha_for_fp16():
+    from bertrt.plugins.kernels.fmha_direct import half2_bits
+
+    assert half2_bits(1.0) == 0x3C003C00  # FP16 1.0 is 0x3C00, twice
+    assert half2_bits(0.125) == 0x30003000
