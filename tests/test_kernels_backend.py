@@ -342,3 +342,11 @@ def test_half2_bits_is_set_alpha_for_fp16():
 
     assert half2_bits(1.0) == 0x3C003C00  # FP16 1.0 is 0x3C00, twice
     assert half2_bits(0.125) == 0x30003000
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+def test_compare_with_kernels_backend_without_gpu_exits_3(fused_tiny, tree):
+    r = CliRunner().invoke(cli, ["compare", str(fused_tiny), str(fused_tiny), "--backend", "kernels",
+                                 "--trt-oss", str(tree), "--seq", "16"])
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
