@@ -275,37 +275,37 @@ def test_require_gpu_is_tool_missing():
 _STRUCT = """
 struct Fused_multihead_attention_params_v2
 {
-    // The QKV matrices.
-    void* qkv_ptr{};
-    void* packed_mask_ptr{};
-    void* o_ptr{};
-    int64_t qkv_stride_in_bytes{};
-    int64_t packed_mask_stride_in_bytes{};
-    int64_t o_stride_in_bytes;
+    // Made-up members with the type sequence that matters for the layout.
+    void* p0{};
+    void* p1{};
+    void* p2{};
+    int64_t l0{};
+    int64_t l1{};
+    int64_t l2;
 #if defined(STORE_P)
-    void* p_ptr{};
-    int64_t p_stride_in_bytes{};
+    void* extra_ptr{};
+    int64_t extra_len{};
 #endif // defined(STORE_P)
-    int32_t b{};
-    int32_t h{};
-    int32_t s{};
-    int32_t d{};
-    uint32_t scale_bmm1{};
-    uint32_t scale_softmax{};
-    uint32_t scale_bmm2{};
-    bool enable_i2f_trick{};
-    int32_t* cu_seqlens{};
-    bool interleaved{};
-    bool ignore_b1opt{};
-    bool force_unroll{};
-    bool use_int8_scale_max{};
-    int32_t heads_per_wave{};
-    int32_t* counters{};
-    float* max_scratch_ptr{};
+    int32_t i0{};
+    int32_t i1{};
+    int32_t i2{};
+    int32_t i3{};
+    uint32_t u0{};
+    uint32_t u1{};
+    uint32_t u2{};
+    bool f0{};
+    int32_t* q0{};
+    bool f1{};
+    bool f2{};
+    bool f3{};
+    bool f4{};
+    int32_t i4{};
+    int32_t* q1{};
+    float* q2{};
 
-    void clear()
+    void reset()
     {
-        *this = Fused_multihead_attention_params_v2();
+        *this = {};
     }
 };
 """
@@ -318,21 +318,19 @@ def test_fmha_v2_params_struct_follows_the_c_layout():
     offsets = {name: getattr(P, name).offset for name, _ in P._fields_}
     # x86-64 C layout, by hand: 3 pointers, 3 int64, 4 int32, 3 uint32, a bool padded to the pointer after it,
     # 4 bools packed, an int32, then pointers.
-    assert offsets == {"qkv_ptr": 0, "packed_mask_ptr": 8, "o_ptr": 16, "qkv_stride_in_bytes": 24,
-                       "packed_mask_stride_in_bytes": 32, "o_stride_in_bytes": 40, "b": 48, "h": 52, "s": 56, "d": 60,
-                       "scale_bmm1": 64, "scale_softmax": 68, "scale_bmm2": 72, "enable_i2f_trick": 76,
-                       "cu_seqlens": 80, "interleaved": 88, "ignore_b1opt": 89, "force_unroll": 90,
-                       "use_int8_scale_max": 91, "heads_per_wave": 92, "counters": 96, "max_scratch_ptr": 104}
+    assert offsets == {"p0": 0, "p1": 8, "p2": 16, "l0": 24, "l1": 32, "l2": 40, "i0": 48, "i1": 52, "i2": 56,
+                       "i3": 60, "u0": 64, "u1": 68, "u2": 72, "f0": 76, "q0": 80, "f1": 88, "f2": 89, "f3": 90,
+                       "f4": 91, "i4": 92, "q1": 96, "q2": 104}
     assert ctypes.sizeof(P) == 112
     with_p = params_struct(_STRUCT, defines=("STORE_P",))
-    assert with_p.p_ptr.offset == 48 and with_p.b.offset == 64  # a build with STORE_P moves everything after it
+    assert with_p.extra_ptr.offset == 48 and with_p.i0.offset == 64  # a build with STORE_P moves what follows
 
 
 def test_fmha_v2_params_struct_refuses_unknown_members():
     from bertrt.plugins.kernels.fmha_direct import params_struct
 
     with pytest.raises(BertrtError, match="member type double"):
-        params_struct(_STRUCT.replace("int32_t heads_per_wave{};", "double heads_per_wave{};"))
+        params_struct(_STRUCT.replace("int32_t i4{};", "double i4{};"))
     with pytest.raises(BertrtError, match="no struct"):
         params_struct("struct Other {};")
 
