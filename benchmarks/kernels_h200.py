@@ -297,7 +297,8 @@ def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--trt-oss", default=None)
+    ap.add_argument("--trt-oss", default=None, help="TensorRT OSS checkout [default: $BERTRT_TRT_OSS]")
+    ap.add_argument("--cache-dir", default=None, help="where the library is built [default: ~/.cache/bertrt/kernels]")
     ap.add_argument("--cubins", type=Path, default=None)
     ap.add_argument("--plugins", action="store_true")
     ap.add_argument("--pack", type=Path, default=None)
@@ -319,7 +320,7 @@ def main():
     from bertrt.plugins.kernels.lib import open_library
 
     t = time.perf_counter()
-    lib, sm = open_library(args.trt_oss, cache_dir="/tmp/bertrt-kernels", log=log)
+    lib, sm = open_library(args.trt_oss, cache_dir=args.cache_dir, log=log)
     result["library"] = {"path": str(lib.path), "sm": sm, "seconds": time.perf_counter() - t}
     log(f"library {lib.path} sm_{sm}")
     save()
