@@ -28,16 +28,17 @@ HF ?=
 ONNX ?=
 # A Q/DQ export is told by its DequantizeLinear nodes (op names are plain strings in the file).
 QAT ?= $(if $(ONNX),$(shell grep -qsa DequantizeLinear '$(ONNX)' && echo 1))
-ONNX_VOCAB = $(wildcard $(dir $(ONNX))vocab.txt)
-# What the calibrate commands need to tokenize for an export: its free sequence axis set, its vocab if beside it.
-ONNX_OPT = $(if $(ONNX),--seq $(SEQ) $(if $(ONNX_VOCAB),--vocab $(ONNX_VOCAB)))
 SHARED ?= ../shared
 SQUAD_DIR ?= $(SHARED)/data/squad
 HF_DIR = $(or $(HF),$(if $(wildcard $(SHARED)/models/$(MODEL)/config.json),$(SHARED)/models/$(MODEL)))
 MODEL_NAME = $(if $(ONNX),$(basename $(notdir $(ONNX))),$(if $(HF),$(notdir $(patsubst %/,%,$(HF))),$(MODEL)))
-# A real SQuAD model (HF_DIR or CKPT) calibrates on SQuAD train questions and is gated on SQuAD F1 on dev
-# questions it did not calibrate on; the zoo's random-head models on the project's pydoc questions.
-REAL = $(or $(HF_DIR),$(CKPT))
+# The vocabulary an export's questions are tokenized with: VOCAB=path/to/vocab.txt, the vocab.txt of HF=dir (the
+# Hugging Face folder it was exported from) or one beside the export.
+VOCAB ?= $(if $(ONNX),$(firstword $(wildcard $(if $(HF),$(HF)/vocab.txt) $(dir $(ONNX))vocab.txt)))
+# A real SQuAD model (HF_DIR, CKPT, or a QAT export: quantization-aware training is fine-tuning) calibrates on
+# SQuAD train questions and is gated on SQuAD F1 on dev questions it did not calibrate on; the zoo's random-head
+# models on the project's pydoc questions.
+REAL = $(or $(HF_DIR),$(CKPT),$(QAT))
 # INT8 calibration questions (SQuAD format): the first feature of each of the first CALIB_NUM.
 CALIB_JSON ?= $(if $(REAL),$(SQUAD_DIR)/train-v1.1.first44.json,calibrate/data/pydoc_qa_calib.json)
 CALIB_NUM ?= 100
@@ -45,28 +46,31 @@ CALIB_NUM ?= 100
 # smooth`); FLOAT_GEMMS (any of qkv,attn_out,ffn1,ffn2,head) keeps those GEMMs in float. A real model keeps its
 # feed-forward GEMMs (ffn1, ffn2) in float: with them in INT8 too, minilm-squad-h64 (INT8 attention) loses 2.1 F1
 # on 500 dev questions, 1.7 with ffn2 alone in float, 0.6 with both (benchmarks/squad_accuracy.py: 0.1 on 1,000).
+# A QAT export's own Q/DQ say which GEMMs are INT8.
 comma := ,
 SMOOTH ?= $(if $(QAT),0,1)
-FLOAT_GEMMS ?= $(if $(REAL),ffn1$(comma)ffn2)
+FLOAT_GEMMS ?= $(if $(QAT),,$(if $(REAL),ffn1$(comma)ffn2))
 # Smoothed inputs calibrate best by their max (percentile clips the few huge GELU outputs the smoothing kept).
 CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
-# INT8 is checked on real text, against the FP32 model: a real model must keep its SQuAD F1 on the first
-# EVAL_NUM dev questions within MAX_F1_DROP points (benchmarks/squad_accuracy.py has the full dev set); cosine of
-# the logits and argmax agreement are printed as diagnostics, INT8_MIN_COS only catches a broken graph (the zoo's
-# random-weight models attend almost uniformly, and INT8 attention probabilities, in steps of 1/127, round most of
-# 1/384 to zero: BERT-Base with INT8 attention on trt10 sits near 0.89 cosine on end logits).
+# INT8 is checked on real text, against the FP32 model (a QAT export: against itself, on ONNX Runtime): a real
+# model must keep its SQuAD F1 on the first EVAL_NUM dev questions within MAX_F1_DROP points
+# (benchmarks/squad_accuracy.py has the full dev set); cosine of the logits and argmax agreement are printed as
+# diagnostics, INT8_MIN_COS only catches a broken graph (the zoo's random-weight models attend almost uniformly,
+# and INT8 attention probabilities, in steps of 1/127, round most of 1/384 to zero: BERT-Base with INT8 attention
+# on trt10 sits near 0.89 cosine on end logits).
 EVAL_JSON ?= $(if $(REAL),$(SQUAD_DIR)/dev-v1.1.json,calibrate/data/pydoc_qa_eval.json)
 EVAL_NUM ?= $(if $(REAL),500,100)
 MAX_F1_DROP ?= $(if $(REAL),1.0)
 INT8_MIN_COS ?= 0.8
 ENGINE_DIR = $(BUILD)/$(MODEL_NAME)-$(SEQ)-$(PREC)-$(TARGET)
 CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
-# What the calibrate commands need to tokenize: the checkpoint's vocab.txt, or for an export ONNX_OPT.
-VOCAB = $(if $(ONNX),$(ONNX_OPT),--vocab $(CKPT_DIR)/vocab.txt)
-EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(VOCAB) \
+# What the calibrate commands need to tokenize: the checkpoint's vocab.txt; for an export VOCAB and its free
+# sequence axis set.
+TOKENS = $(if $(ONNX),--seq $(SEQ) $(if $(VOCAB),--vocab $(VOCAB)),--vocab $(CKPT_DIR)/vocab.txt)
+EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(TOKENS) \
 	--check --min-cos $(INT8_MIN_COS) --min-agree 0 $(if $(MAX_F1_DROP),--max-f1-drop $(MAX_F1_DROP)) \
 	-o $(ENGINE_DIR)/int8-accuracy.json
-CALIBRATE = --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(VOCAB)
+CALIBRATE = --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(TOKENS)
 # The model surgery and calibration start from: the smoothed one for a smoothed INT8 build.
 SOURCE = $(ENGINE_DIR)/$(if $(and $(filter int8,$(PREC)),$(filter 1,$(SMOOTH))),model.smooth.onnx,model.onnx)
 FLOAT_OPT = $(if $(FLOAT_GEMMS),--float-gemms $(FLOAT_GEMMS))
@@ -85,7 +89,7 @@ help:
 	@echo "make test-fast  the suite without the slow tests (real minilm conversion, BERT-Base): about a third of the time"
 	@echo "make engine MODEL=base SEQ=384 PREC=fp16 [TARGET=trt10] [CKPT=dir | HF=dir | MODEL=minilm-squad | ONNX=export.onnx]"
 	@echo "              PREC=int8 [SMOOTH=1] [FLOAT_GEMMS=ffn2] [CALIB_METHOD=minmax] [CALIB_JSON=train-v1.1.json]"
-	@echo "              ONNX=model.qat.onnx PREC=int8: a QAT (Q/DQ) export with its own scales"
+	@echo "              ONNX=model.qat.onnx PREC=int8 [VOCAB=vocab.txt | HF=dir]: a QAT (Q/DQ) export, its own scales"
 	@echo "              checkpoint -> ONNX -> fused -> compare -> TensorRT engine (the engine needs TensorRT)"
 	@echo "make setup    install bertrt and its pinned dependencies (editable)"
 	@echo "make bench    the measurements in benchmarks/ (minutes; they print tables)"
@@ -106,6 +110,11 @@ demo: setup
 
 # Everything up to the engine runs here; the last step needs TensorRT and says so (exit 3) where it is missing.
 engine:
+ifneq ($(and $(ONNX),$(REAL),$(filter int8,$(PREC))),)
+	@test -f "$(VOCAB)" || { echo "make engine: $(ONNX) is scored on SQuAD questions, tokenized with the \
+	vocabulary it was trained with: $(if $(VOCAB),no file $(VOCAB),no vocab.txt $(if $(HF),in $(HF) or )beside it); \
+	give VOCAB=path/to/vocab.txt or HF=the Hugging Face folder it was exported from" >&2; exit 2; }
+endif
 	@mkdir -p $(ENGINE_DIR)
 ifneq ($(ONNX),)
 	$(BERTRT) convert onnx $(ONNX) -o $(ENGINE_DIR)/model.onnx
@@ -126,7 +135,8 @@ endif
 		--precision $(PREC) --report $(ENGINE_DIR)/surgery.json --name-map $(ENGINE_DIR)/name-map.json \
 		| tee $(ENGINE_DIR)/surgery.txt
 ifeq ($(PREC)$(QAT),int81)
-# QAT: the model's own scales; the gate compares with the QAT model itself on ONNX Runtime (it runs the Q/DQ).
+# QAT: the model's own scales; the F1 gate is against the QAT model itself on ONNX Runtime (it runs the Q/DQ): what
+# its user has, not the float model it was trained from.
 ifeq ($(TARGET),trt11)
 	$(BERTRT) calibrate qat $(ENGINE_DIR)/model.onnx --name-map $(ENGINE_DIR)/name-map.json -o $(ENGINE_DIR)/ranges.json
 	$(BERTRT) calibrate qdq $(ENGINE_DIR)/fused.onnx --ranges $(ENGINE_DIR)/ranges.json -o $(ENGINE_DIR)/fused.qdq.onnx

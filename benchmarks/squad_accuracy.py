@@ -14,6 +14,17 @@ metric on the official dev set (seq 384, doc stride 128, n-best 20, max answer 3
                        have a range), as `bertrt squad --amax` runs it
   int8-<recipe>-trt11  TensorRT 11: the FP16 strongly typed graph with Q/DQ on its GEMMs (`calibrate qdq`)
 
+The QAT model (minilm-squad-qat: ../shared/models/minilm-squad-qat/model.qat.onnx, minilm-squad's vocab) has
+its own rows, against its own ONNX Runtime run (what its user has), and the FP32 minilm-squad row beside them
+(from the same --work folder, when that row was made):
+
+  qat-ort              the QAT model through `convert onnx`, on ONNX Runtime (it runs the Q/DQ): the baseline
+  qat-unified-ort      the same with the Q, K and V inputs' scales unified to the largest, on ONNX Runtime: what
+                       the one input scale of the fused QKV GEMM costs (`calibrate qat` notes those tensors)
+  qat-trt10            trt10 surgery at INT8, ranges from `calibrate qat --fill` (the model's scales, measured ranges
+                       for its GEMM outputs), TensorRT 10 implicit INT8 simulated as `bertrt squad --amax` runs it
+  qat-trt11            trt11 surgery at INT8 + `calibrate qdq` with the model's ranges (its own weight grid)
+
 INT8 recipes (calibrated on the first feature of each of the first --calib-num questions of
 train-v1.1.first44.json, which dev does not share):
   percentile / minmax / entropy   plain, every GEMM in INT8
@@ -29,6 +40,8 @@ them is written beside, for the official script).
 
     python benchmarks/squad_accuracy.py --work build/squad-accuracy [--models minilm-squad,minilm-squad-h64]
         [--rows fp32-ort,fused-fp16,...] [--limit 1000] [--official path/to/evaluate-v1.1.py]
+    python benchmarks/squad_accuracy.py --work build/squad-accuracy --models minilm-squad,minilm-squad-qat
+        --rows fp32-ort,qat-ort,qat-unified-ort,qat-trt10,qat-trt11 [--limit 1000]
 """
 
 from __future__ import annotations
@@ -46,7 +59,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as bertrt's CLI sets it (b
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BERTRT_SHARED", ROOT.parent / "shared"))
-MODELS = ("minilm-squad", "minilm-squad-h64")
+MODELS = ("minilm-squad", "minilm-squad-h64", "minilm-squad-qat")
+QAT_MODELS = {"minilm-squad-qat": ("minilm-squad-qat/model.qat.onnx", "minilm-squad")}  # export, its float model
 SEQ = 384
 FLOAT_ROWS = ("fp32-ort", "fp32-hf-onnx", "fused-fp32", "fused-fp16", "varseqlen-fp16")
 RECIPES = {  # name -> (smoothed, calibration method, GEMM groups in float)
@@ -60,7 +74,8 @@ RECIPES = {  # name -> (smoothed, calibration method, GEMM groups in float)
 }
 MAKE_ENGINE_RECIPE = "smooth-ffn"  # SMOOTH=1, CALIB_METHOD=minmax, FLOAT_GEMMS=ffn1,ffn2 (the Makefile's, real models)
 INT8_ROWS = tuple(f"int8-{r}-{t}" for r in RECIPES for t in ("trt10", "trt11"))
-ALL_ROWS = FLOAT_ROWS + INT8_ROWS
+QAT_ROWS = ("qat-ort", "qat-unified-ort", "qat-trt10", "qat-trt11")
+ALL_ROWS = FLOAT_ROWS + INT8_ROWS + QAT_ROWS
 
 
 def progress():
@@ -68,6 +83,7 @@ def progress():
 
     return for_stream(sys.stderr)
 FP16_BOUND, INT8_BOUND = 0.1, 1.0  # F1 points from fp32-ort (the issue's targets)
+QAT_BOUND = 0.3  # F1 points from qat-ort, either way (#16's target)
 
 
 def log(msg):
@@ -76,6 +92,9 @@ def log(msg):
 
 class Model:
     """One real model: its files in WORK/<name>, made on first use and reused."""
+
+    rows = FLOAT_ROWS + INT8_ROWS
+    baseline = "fp32-ort"
 
     def __init__(self, name: str, work: Path, calib_num: int):
         self.name, self.dir, self.calib_num = name, work / name, calib_num
@@ -192,6 +211,67 @@ class Model:
         return implicit_int8_backend(None, graph, ranges)
 
 
+class QatModel(Model):
+    """A QAT (Q/DQ) export: `convert onnx` makes its canonical model; its rows are QAT_ROWS."""
+
+    rows = QAT_ROWS
+    baseline = "qat-ort"
+
+    def __init__(self, name: str, work: Path, calib_num: int):
+        super().__init__(name, work, calib_num)
+        export, float_model = QAT_MODELS[name]
+        self.export, self.hf = SHARED / "models" / export, SHARED / "models" / float_model
+        self.float_model = float_model
+
+    def canonical(self) -> Path:
+        from bertrt.convert.onnx_intake import convert_onnx
+
+        path = self.dir / "model.onnx"
+        if not path.exists():
+            log(f"{self.name}: convert onnx {self.export} -> {path}")
+            convert_onnx(self.export, path)
+        return path
+
+    def unified(self) -> Path:
+        from bertrt.calibrate.qat import unify_scales
+        from bertrt.onnx_io import load_model, save_model
+
+        path = self.dir / "model.unified.onnx"
+        if not path.exists():
+            model, unified = unify_scales(load_model(self.canonical()))
+            log(f"{self.name}: {len(unified)} tensors quantized with several scales, unified to the largest -> {path}")
+            save_model(model, path)
+        return path
+
+    def backend(self, row: str):
+        from bertrt.calibrate.qat import fill_ranges, qat_ranges
+        from bertrt.calibrate.qdq import insert_qdq
+        from bertrt.onnx_io import load_model
+        from bertrt.ranges import apply_name_map
+        from bertrt.run.backends import OrtBackend, ReferenceBackend, implicit_int8_backend
+
+        if row == "qat-ort":
+            return OrtBackend(self.canonical())
+        if row == "qat-unified-ort":
+            return OrtBackend(self.unified())
+        target = row.rsplit("-", 1)[1]
+        qat = load_model(self.canonical(), load_external_data=False)
+        graph, names = self.fused(self.canonical(), target, "int8")
+        own = apply_name_map(qat_ranges(qat).amax, names, drop_unmapped=True)
+        if target == "trt11":  # `calibrate qat` + `calibrate qdq`: the model's weight grid, its activation scales
+            q, report = insert_qdq(graph, own)
+            backend = ReferenceBackend(None, q)
+            backend.int8_gemms = len(report.quantized)
+            return backend
+        # `calibrate ranges --method minmax` + `calibrate qat --fill`, as make engine runs them
+        measured = apply_name_map(self.ranges(self.canonical(), "minmax"), names, drop_unmapped=True)
+        return implicit_int8_backend(None, graph, {**fill_ranges(qat, own, measured, names), **own})
+
+
+def make_model(name: str, work: Path, calib_num: int) -> Model:
+    return (QatModel if name in QAT_MODELS else Model)(name, work, calib_num)
+
+
 def dev_examples(limit: int | None, work: Path):
     """(examples, dev file for the official script) of the first ``limit`` dev questions (all: the official file)."""
     from bertrt.run.squad_data import read_squad
@@ -267,8 +347,6 @@ def main():
     unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
-    if "fp32-ort" not in rows:
-        rows.insert(0, "fp32-ort")  # every delta is taken from it
 
     from bertrt.run.features import examples_features
     from bertrt.run.tokenization import load_tokenizer
@@ -279,47 +357,65 @@ def main():
     tag = "full" if args.limit is None else f"first{len(examples)}"
     table = []
     for name in args.models.split(","):
-        model = Model(name, work, args.calib_num)
+        model = make_model(name, work, args.calib_num)
+        asked = [r for r in rows if r in model.rows]
+        if not asked:
+            log(f"{name}: none of the rows asked for is one of its ({', '.join(model.rows)}); skipped")
+            continue
+        if model.baseline not in asked:
+            asked.insert(0, model.baseline)  # every delta is taken from it
         per_example = examples_features(load_tokenizer(model.vocab), examples, max_seq_length=SEQ)
         flat = [f for feats in per_example for f in feats]
         log(f"{name}: {len(examples)} questions, {len(flat)} features at seq {SEQ}")
         results = {}
-        for row in rows:
+        for row in asked:
             out = model.dir / "predictions" / f"{row}.{tag}.json"
             results[row] = run_row(model, row, examples, per_example, flat, out, args.batch)
             results[row]["file"] = out
-        base = json.loads(results["fp32-ort"]["file"].read_text())
-        for row, r in results.items():
-            preds = json.loads(r["file"].read_text())
-            r["same"] = sum(preds[k] == v for k, v in base.items())
-            if args.official:
-                r["official"] = official(args.official, dev, r["file"])
-            table.append((name, row, r, results["fp32-ort"]))
+        table.append((model, results))
 
     print(f"\nSQuAD v1.1 dev ({len(examples)} questions, {'all' if args.limit is None else 'the first'}), "
           f"seq {SEQ}, doc stride 128, n-best 20, max answer 30; INT8 calibrated on {args.calib_num} train features")
     off = " official EM/F1" if args.official else ""
     print(f"{'model':<17} {'row':<22} {'EM':>6} {'F1':>6} {'dF1':>6} {'same':>6} {'q/s':>6} {'full dev':>8}{off}  target")
-    for name, row, r, fp32 in table:
-        dF1 = r["f1"] - fp32["f1"]
-        qps = r["questions"] / r["seconds"]
-        full = 10570 / qps / 60
-        target = _target(row, r, fp32, dF1)
-        o = f" {r['official'][0]:>6.2f}/{r['official'][1]:.2f}" if "official" in r else ""
-        print(f"{name:<17} {row:<22} {r['exact_match']:>6.2f} {r['f1']:>6.2f} {dF1:>+6.2f} "
-              f"{r['same'] / r['questions']:>6.1%} {qps:>6.2f} {full:>6.0f} m{o}  {target}")
-    print("dF1: F1 - fp32-ort's F1; same: share of answers equal to fp32-ort's; q/s: questions per second of "
-          "inference and post-processing on this machine; full dev: minutes that makes for 10,570 questions. "
-          f"make engine's INT8 recipe: {MAKE_ENGINE_RECIPE}.")
+    for model, results in table:
+        base = results[model.baseline]
+        lines = [(model.name, row, r) for row, r in results.items()]
+        if isinstance(model, QatModel):  # the float model it was trained from, where that row was made
+            float_row = work / model.float_model / "predictions" / f"fp32-ort.{tag}.json"
+            meta = float_row.with_suffix(".scores.json")
+            if meta.exists() and json.loads(meta.read_text()).get("questions") == len(examples):
+                lines.append((model.float_model, "fp32-ort", {**json.loads(meta.read_text()), "file": float_row}))
+            else:
+                print(f"{model.float_model:<17} {'fp32-ort':<22} not made in {work} (--models {model.float_model} "
+                      f"--rows fp32-ort)")
+        base_answers = json.loads(base["file"].read_text())
+        for name, row, r in lines:
+            preds = json.loads(r["file"].read_text())
+            same = sum(preds[k] == v for k, v in base_answers.items())
+            dF1 = r["f1"] - base["f1"]
+            qps = r["questions"] / r["seconds"]
+            target = _target(row, r, same, dF1) if name == model.name else "the float model it was trained from"
+            o = ""
+            if args.official:
+                em, f1 = official(args.official, dev, r["file"])
+                o = f" {em:>6.2f}/{f1:.2f}"
+            print(f"{name:<17} {row:<22} {r['exact_match']:>6.2f} {r['f1']:>6.2f} {dF1:>+6.2f} "
+                  f"{same / r['questions']:>6.1%} {qps:>6.2f} {10570 / qps / 60:>6.0f} m{o}  {target}")
+    print("dF1: F1 - the model's baseline F1 (fp32-ort; a QAT model's: qat-ort); same: share of answers equal to the "
+          "baseline's; q/s: questions per second of inference and post-processing on this machine; full dev: minutes "
+          f"that makes for 10,570 questions. make engine's INT8 recipe: {MAKE_ENGINE_RECIPE}.")
 
 
-def _target(row, r, fp32, dF1) -> str:
+def _target(row, r, same, dF1) -> str:
     if row in ("fused-fp32", "fp32-hf-onnx"):
-        return "PASS same answers" if r["same"] == r["questions"] else f"FAIL {r['questions'] - r['same']} differ"
+        return "PASS same answers" if same == r["questions"] else f"FAIL {r['questions'] - same} differ"
     if row in ("fused-fp16", "varseqlen-fp16"):
         return ("PASS" if abs(dF1) <= FP16_BOUND else "FAIL") + f" |dF1| <= {FP16_BOUND}"
     if row.rsplit("-", 1)[0] == f"int8-{MAKE_ENGINE_RECIPE}":
         return ("PASS" if -dF1 <= INT8_BOUND else "FAIL") + f" drop <= {INT8_BOUND} (make engine)"
+    if row in ("qat-trt10", "qat-trt11"):
+        return ("PASS" if abs(dF1) <= QAT_BOUND else "FAIL") + f" |dF1| <= {QAT_BOUND} (within {QAT_BOUND} of qat-ort)"
     return ""
 
 

@@ -159,11 +159,12 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 
     from bertrt.atomic import write_text
     from bertrt.calibrate import smooth
+    from bertrt.calibrate.qat import has_qdq
     from bertrt.onnx_io import load_model, save_model
 
     _one_source(squad_json, npz_dir)
     proto = load_model(model)
-    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+    if has_qdq(proto):
         raise BertrtError("a Q/DQ (QAT) model is quantized already; its ranges come from `bertrt calibrate qat`",
                           model)
     skip = []
@@ -278,7 +279,7 @@ def qat_cmd(model, name_map, fill_path, out):
     TensorRT 10: bertrt build fused.onnx --ranges ranges.json ...; TensorRT 11:
     bertrt calibrate qdq fused.onnx --ranges ranges.json -o fused.qdq.onnx (keeps the QAT weights' own scales)
     """
-    from bertrt.calibrate.qat import qat_ranges, quantized_gemm_outputs
+    from bertrt.calibrate.qat import fill_ranges, qat_ranges
     from bertrt.onnx_io import load_model
     from bertrt.ranges import apply_name_map, read_ranges, write_ranges
 
@@ -289,10 +290,7 @@ def qat_cmd(model, name_map, fill_path, out):
     names = _name_map(name_map)
     # With a map, only the tensors the fused graph has: a cache must name nothing else.
     own = apply_name_map(result.amax, names, drop_unmapped=names is not None)
-    fill = {}
-    if fill_path:
-        outputs = apply_name_map(dict.fromkeys(quantized_gemm_outputs(proto), 0.0), names, drop_unmapped=True)
-        fill = {t: v for t, v in read_ranges(fill_path).items() if t in outputs and t not in own}
+    fill = fill_ranges(proto, own, read_ranges(fill_path), names) if fill_path else {}
     write_ranges(out, {**fill, **own})
     filled = f", {len(fill)} measured ones on the outputs of its quantized GEMMs" if fill_path else ""
     _log(f"{len(own)} activation ranges from the model's scales{filled} -> {out}")
@@ -335,7 +333,11 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     from bertrt.ranges import read_ranges
     from bertrt.run.tokenization import vocab_or_default
 
-    seq = data_source.model_seq(load_model(model, load_external_data=False), model, seq)
+    from bertrt.calibrate.qat import has_qdq
+
+    graph = load_model(model, load_external_data=False)
+    seq = data_source.model_seq(graph, model, seq)
+    reference = "QAT, Q/DQ on ONNX Runtime" if has_qdq(graph) else "FP32"  # a QAT model is its own reference
     samples = eval_samples(squad_json, vocab_or_default(vocab), seq, num, answers=True)
     _log(f"calibrate evaluate: {candidate} against {model} on {len(samples)} questions")
     amax = read_ranges(amax_path) if amax_path else None
@@ -361,8 +363,8 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, voc
     if check and not result.meets(min_cos, min_agree, max_f1_drop):
         bound = f" and an F1 drop <= {max_f1_drop}" if max_f1_drop is not None else ""
         _log(f"below the targets: cosine >= {min_cos} and agreement >= {min_agree:.0%} (start and end){bound}; "
-             f"F1 {result.fp32_f1:.2f} (FP32) -> {result.f1:.2f}")
+             f"F1 {result.fp32_f1:.2f} ({reference}) -> {result.f1:.2f}")
         raise SystemExit(1)
     if max_f1_drop is not None:
-        _log(f"F1 {result.fp32_f1:.2f} (FP32) -> {result.f1:.2f} on {result.questions} questions: drop "
+        _log(f"F1 {result.fp32_f1:.2f} ({reference}) -> {result.f1:.2f} on {result.questions} questions: drop "
              f"{result.f1_drop:.2f} <= {max_f1_drop}")

@@ -27,7 +27,8 @@ IMPLICIT_FLOAT_GROUPS = ("ffn1", "ffn2", "head")  # the groups TensorRT 10 can k
 # Ops looked through when following a GEMM's input back (layout only) or its output forward (and elementwise).
 _LAYOUT = frozenset({"Reshape", "Transpose", "Cast", "QuantizeLinear", "DequantizeLinear", "Squeeze", "Unsqueeze",
                      "Flatten"})
-_FORWARD = _LAYOUT | {"Add", "Mul", "Div"}
+# Split and Concat: a QA head's logits split into start and end, and `convert onnx` joins them again (logits).
+_FORWARD = _LAYOUT | {"Add", "Mul", "Div", "Split", "Concat"}
 _GELU = frozenset({"Gelu", "FastGelu", "Erf", "Tanh"})
 _DEPTH = 8
 
@@ -49,7 +50,8 @@ def gemm_groups(model: onnx.ModelProto) -> dict[str, str]:
         found = {"output"} if t in index.outputs else set()
         for c in index.consumers[t]:
             if c.op_type in _FORWARD and depth < _DEPTH:
-                found |= ahead(c.output[0], depth + 1)
+                for out in c.output:
+                    found |= ahead(out, depth + 1)
             else:
                 found.add(c.op_type)
         return found

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from bertrt.calibrate.qat import has_qdq
+from bertrt.calibrate.qdq import QMAX
 from bertrt.contract import DEFAULT_SEQ, INPUT_IDS, INPUT_MASK, SEGMENT_IDS, random_feeds
 from bertrt.errors import BertrtError
 from bertrt.onnx_io import load_model
@@ -23,9 +25,15 @@ from bertrt.plugins.nodes import EMB_LAYER_NORM, TYPE_FP16, TYPE_INT8, is_plugin
 from bertrt.plugins.specs import spec_of
 from bertrt.plugins.runner import has_plugin_nodes
 
-# Default tolerances per precision: fp32 is the references' float32 rounding; fp16 the plugins' FP16
-# rounding at their boundaries; int8 the fake-quantization error of a calibrated model's logits.
-TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "int8": (2.5e-1, 2.5e-1)}
+# Default tolerances per precision: (atol, rtol, Polygraphy's check_error_stat). fp32 is the references' float32
+# rounding and fp16 the plugins' FP16 rounding at their boundaries, element by element. INT8 cannot be checked
+# element by element: a value that rounds to the neighbouring INT8 step moves everything after it, so two correct
+# INT8 runs of one graph differ by about 1 in some logits. int8 bounds the mean absolute error of each output
+# instead, in steps of that output's own INT8 grid (max |A's output| / 127; atol None): each INT8 run may sit on
+# average one step off the exact computation, so two of them, A and B, INT8_STEPS = 2 apart (README, QAT).
+INT8_STEPS = 2.0
+TOLERANCES = {"fp32": (1e-4, 1e-3, "elemwise"), "fp16": (2e-2, 2e-2, "elemwise"), "int8": (None, 0.0, "mean")}
+ERROR_STATS = ("elemwise", "max", "mean", "median")
 SEG_NAMES = (SEGMENT_IDS, "token_type_ids")
 MASK_NAMES = (INPUT_MASK, "attention_mask")
 
@@ -37,6 +45,8 @@ class OutputDiff:
     max_rel: float
     mean_abs: float
     passed: bool
+    median_abs: float = 0.0
+    atol: float = 0.0  # the bound it was checked against (an INT8 step count resolved for this output)
 
 
 @dataclass
@@ -49,15 +59,54 @@ class CompareResult:
     backends: tuple[str, str]
     iterations: int
     only_in: dict[str, list[str]] = field(default_factory=dict)  # outputs one graph has and the other not
+    error_stat: str = "elemwise"
+    notes: list[str] = field(default_factory=list)
+    reference: str = "A"  # "A'": A with the scales B cannot have unified (compare_models)
 
     def table(self) -> str:
-        lines = [f"{'output':<24} {'max abs':>12} {'max rel':>12} {'mean abs':>12}  verdict"]
+        lines = [f"{'output':<24} {'max abs':>12} {'max rel':>12} {'mean abs':>12} {'median abs':>12}  verdict"]
         for o in self.outputs:
-            lines.append(f"{o.name:<24} {o.max_abs:>12.4e} {o.max_rel:>12.4e} {o.mean_abs:>12.4e}  "
-                         f"{'PASS' if o.passed else 'FAIL'}")
-        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: atol {self.atol:g}, rtol {self.rtol:g}; "
-                     f"{self.backends[0]} vs {self.backends[1]}; {self.iterations} iteration(s))")
+            lines.append(f"{o.name:<24} {o.max_abs:>12.4e} {o.max_rel:>12.4e} {o.mean_abs:>12.4e} "
+                         f"{o.median_abs:>12.4e}  {'PASS' if o.passed else 'FAIL'}")
+        rule = tolerance_text(self.atol, self.rtol, self.error_stat, {o.name: o.atol for o in self.outputs})
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {rule}; "
+                     f"{self.reference} on {self.backends[0]} vs B on {self.backends[1]}; {self.iterations} "
+                     "iteration(s))")
         return "\n".join(lines)
+
+
+def tolerance_text(atol: float | None, rtol: float, stat: str, steps: dict[str, float] | None = None) -> str:
+    """What passes, in words: Polygraphy's rule (fails where the error is above atol and above rtol relative).
+    ``steps``: output -> the bound an atol of None resolved to."""
+    what = "every element" if stat == "elemwise" else f"the {stat} absolute error"
+    if atol is not None:
+        bound = f"atol {atol:g}"
+    else:
+        resolved = ": " + ", ".join(f"{n} {v:.4g}" for n, v in steps.items()) if steps else ""
+        bound = f"{INT8_STEPS:g} steps of the output's INT8 grid ({INT8_STEPS:g} x max |A| / {QMAX}{resolved})"
+    return f"{what} within {bound}" + (f" or rtol {rtol:g}" if rtol else "")
+
+
+def step_atol(reference: np.ndarray) -> float:
+    """INT8_STEPS steps of a tensor's own symmetric INT8 grid: max |reference| / 127 each."""
+    return INT8_STEPS * float(np.abs(reference).max(initial=0.0)) / QMAX
+
+
+def tolerances(precision: str, atol: float | None = None, rtol: float | None = None,
+               stat: str | None = None) -> tuple[float | None, float, str]:
+    """(atol, rtol, error statistic): the precision's defaults (TOLERANCES) where not given; an atol of None
+    is INT8_STEPS steps of each output's INT8 grid (``step_atol``), resolved once A has run."""
+    if precision not in TOLERANCES:
+        raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
+    if stat is not None and stat not in ERROR_STATS:
+        raise BertrtError(f"unknown error statistic '{stat}' (choose from {', '.join(ERROR_STATS)})")
+    d_atol, d_rtol, d_stat = TOLERANCES[precision]
+    return (d_atol if atol is None else atol, d_rtol if rtol is None else rtol, d_stat if stat is None else stat)
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """int8 for a graph with Q/DQ nodes, else the lowest precision its plugin nodes run in."""
+    return "int8" if has_qdq(model) else plugin_precision(model)
 
 
 def vocab_size(model: onnx.ModelProto) -> int | None:
@@ -198,13 +247,23 @@ def _runner(model: onnx.ModelProto, label: str, amax, backend: str = "auto", trt
 def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 0, iterations: int = 1,
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
-                   amax: dict[str, float] | None = None, backend: str = "auto", trt_oss=None) -> CompareResult:
+                   amax: dict[str, float] | None = None, check_error_stat: str | None = None,
+                   as_exported: bool = False, backend: str = "auto", trt_oss=None) -> CompareResult:
     """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs.
 
     Inputs are random (see ``random_inputs``) unless ``inputs`` gives feed dicts or a Polygraphy JSON
-    path. Tolerances default by precision (``TOLERANCES``); with no precision it is read from the
-    plugin nodes' types (``plugin_precision``). ``amax`` carries INT8 ranges for plugins. ``backend="kernels"``
-    runs fused graphs on NVIDIA's plugin kernels (GPU, TensorRT OSS checkout ``trt_oss``).
+    path. Tolerances and the error statistic checked default by precision (``TOLERANCES``); with no precision
+    it is int8 for ranges or a graph with Q/DQ nodes, else read from the plugin nodes' types. ``amax`` (INT8
+    ranges, as a TensorRT 10 calibration table gives them) runs a fused ``b`` as TensorRT 10 implicit INT8
+    computes it (``implicit_int8_model``: its INT8 plugins and the GEMMs that have ranges), as `bertrt squad
+    --amax` does.
+
+    A Q/DQ (QAT) ``a`` that quantizes one tensor with several scales (PyTorch's Q, K and V inputs) cannot be
+    what a fused ``b`` computes: its one QKV GEMM has one input scale, the largest (``calibrate qat``). Then
+    ``b`` is compared with A' = ``unify_scales(a)``, A computing so, and A' against A is reported in the notes
+    (``as_exported`` compares with ``a`` itself).
+
+    ``backend="kernels"`` runs fused graphs on NVIDIA's plugin kernels (GPU, TensorRT OSS checkout ``trt_oss``).
     """
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
@@ -216,38 +275,68 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
         raise BertrtError("a packed (var-seqlen) model takes other inputs than a padded one: compare it with "
                           "compare_packed(padded, packed)", path_a if is_packed(ma) else None)
     if precision is None:
-        precision = max(plugin_precision(ma), plugin_precision(mb), key=list(TOLERANCES).index)
-    if precision not in TOLERANCES:
-        raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
-    d_atol, d_rtol = TOLERANCES[precision]
-    atol = d_atol if atol is None else atol
-    rtol = d_rtol if rtol is None else rtol
+        precision = "int8" if amax else max(graph_precision(ma), graph_precision(mb), key=list(TOLERANCES).index)
+    atol, rtol, stat = tolerances(precision, atol, rtol, check_error_stat)
+    notes = []
+    exported, unified = None, {}
+    if has_qdq(ma) and has_plugin_nodes(mb) and not as_exported:
+        from bertrt.calibrate.qat import unify_scales
+
+        unified_model, unified = unify_scales(ma)
+        if unified:
+            exported, ma = ma, unified_model
+    if amax and has_plugin_nodes(mb) and not has_qdq(mb):
+        from bertrt.calibrate.evaluate import implicit_int8_model
+
+        mb, report = implicit_int8_model(mb, amax)
+        notes.append(f"B runs as TensorRT 10 implicit INT8 with the ranges: {len(report.quantized)} GEMMs in INT8"
+                     + (f", {len(report.skipped)} in float (no range on their input or output)" if report.skipped
+                        else ""))
     names_a = [o.name for o in ma.graph.output]
     names_b = [o.name for o in mb.graph.output]
     common = [n for n in names_a if n in names_b]
     if not common:
         raise BertrtError(f"the graphs share no output name ({', '.join(names_a)} vs {', '.join(names_b)})", path_a)
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
-    ra, ka = _runner(ma, "A", amax, backend, trt_oss)
+    ra, ka = _runner(ma, "A'" if exported is not None else "A", amax, backend, trt_oss)
     rb, kb = _runner(mb, "B", amax, backend, trt_oss)
+    runners = [ra, rb] + ([_runner(exported, "A", amax, backend, trt_oss)[0]] if exported is not None else [])
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
         try:
-            results = Comparator.run([ra, rb], data_loader=feeds)
+            results = Comparator.run(runners, data_loader=feeds)
         except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
             raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
                               path_a) from None
-        acc = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
-    per_iter = next(iter(acc[0].values()))
-    diffs = []
-    for name in common:
-        rs = [it[name] for it in per_iter if name in it]
-        diffs.append(OutputDiff(name, max(r.max_absdiff for r in rs), max(r.max_reldiff for r in rs),
-                                float(np.mean([r.mean_absdiff for r in rs])), all(bool(r) for r in rs)))
+        bounds = atol
+        if atol is None:  # INT8 steps of each output of the reference, over every iteration
+            bounds = {n: max(step_atol(it[n]) for it in results[0][1]) for n in common}
+        acc = Comparator.compare_accuracy(
+            results, comparisons=[(0, i) for i in range(1, len(runners))],
+            compare_func=CompareFunc.simple(atol=bounds, rtol=rtol, check_error_stat=stat))
+    per_pair = list(acc[0].values())
+    diffs = [_output_diff(name, per_pair[0], bounds) for name in common]
+    if exported is not None:
+        tensor = min(unified)
+        moved = ", ".join(f"{d.name} max {d.max_abs:.4g} mean {d.mean_abs:.4g}"
+                          for d in (_output_diff(n, per_pair[1], bounds) for n in common))
+        notes.insert(0, f"A quantizes {len(unified)} tensors with several scales (the Q, K and V inputs, e.g. {tensor}); "
+                        f"B's one QKV GEMM reads each with one, the largest, so B is compared with A' = A with those "
+                        f"scales unified to the largest (calibrate qat's ranges). A' against A as exported: {moved}")
     only = {k: v for k, v in (("A", [n for n in names_a if n not in common]),
                               ("B", [n for n in names_b if n not in common])) if v}
-    return CompareResult(all(d.passed for d in diffs), diffs, atol, rtol, precision, (ka, kb), len(feeds), only)
+    return CompareResult(all(d.passed for d in diffs), diffs, atol, rtol, precision, (ka, kb), len(feeds), only,
+                         stat, notes, reference="A'" if exported is not None else "A")
+
+
+def _output_diff(name: str, per_iter, bounds) -> OutputDiff:
+    """One output's errors over the iterations of one comparison (Polygraphy's per-iteration results)."""
+    rs = [it[name] for it in per_iter if name in it]
+    return OutputDiff(name, max(r.max_absdiff for r in rs), max(r.max_reldiff for r in rs),
+                      float(np.mean([r.mean_absdiff for r in rs])), all(bool(r) for r in rs),
+                      float(np.mean([r.median_absdiff for r in rs])),
+                      bounds[name] if isinstance(bounds, dict) else bounds)
 
 
 # ---------------------------------------------------------------- packed (var-seqlen) against padded
@@ -274,11 +363,12 @@ class PackedCompareResult:
     passed: bool
     sequences: list[SequenceDiff]
     tokens: object  # bertrt.run.packing.TokenCount over all iterations
-    atol: float
+    atol: float | None  # None: INT8 steps of each sequence's padded output (step_atol)
     rtol: float
     precision: str
     backends: tuple[str, str]
     iterations: int
+    error_stat: str = "elemwise"
 
     def table(self) -> str:
         lines = [f"{'sequence':>8} {'tokens':>7} {'max abs':>12} {'max rel':>12}  verdict"]
@@ -286,7 +376,8 @@ class PackedCompareResult:
             lines.append(f"{s.index:>8} {s.length:>7} {s.max_abs:>12.4e} {s.max_rel:>12.4e}  "
                          f"{'PASS' if s.passed else 'FAIL'}")
         lines.append(self.tokens.describe())
-        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: atol {self.atol:g}, rtol {self.rtol:g}; "
+        rule = tolerance_text(self.atol, self.rtol, self.error_stat)
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {rule} per sequence; "
                      f"padded on {self.backends[0]} vs packed on {self.backends[1]}; {self.iterations} iteration(s))")
         return "\n".join(lines)
 
@@ -294,12 +385,12 @@ class PackedCompareResult:
 def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, seed: int = 0, iterations: int = 1,
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
-                   amax: dict[str, float] | None = None) -> PackedCompareResult:
+                   amax: dict[str, float] | None = None, check_error_stat: str | None = None) -> PackedCompareResult:
     """Run the padded model on [B, S] feeds and the packed model on the same sequences packed; compare
     each sequence's logits at its real tokens (padding is not compared: the packed model has none).
 
-    An element fails when it is off by more than atol and by more than rtol relative (Polygraphy's
-    elementwise rule). Inputs and tolerances as in ``compare_models``.
+    A sequence fails as in Polygraphy: an element off by more than atol and by more than rtol relative
+    (elemwise), or the error statistic above both. Inputs and tolerances as in ``compare_models``.
     """
     from bertrt.run.packing import TokenCount, model_max_length, pack_varseqlen, unpack_varseqlen
 
@@ -313,11 +404,8 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     if not is_packed(mk):
         raise BertrtError("is not a packed (var-seqlen) model: it has no cu_seqlens input", path_k)
     if precision is None:
-        precision = max(plugin_precision(mp), plugin_precision(mk), key=list(TOLERANCES).index)
-    if precision not in TOLERANCES:
-        raise BertrtError(f"unknown precision '{precision}' (choose from {', '.join(TOLERANCES)})")
-    atol = TOLERANCES[precision][0] if atol is None else atol
-    rtol = TOLERANCES[precision][1] if rtol is None else rtol
+        precision = max(graph_precision(mp), graph_precision(mk), key=list(TOLERANCES).index)
+    atol, rtol, stat = tolerances(precision, atol, rtol, check_error_stat)
     feeds = _feeds(inputs, mp, mp, batch, seq, seed, iterations, path_p, vocab_from=mk)
     max_len = model_max_length(mk)
     out_name = mp.graph.output[0].name  # logits, or an encoder's hidden_states
@@ -340,11 +428,21 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
                 w, g = want[b, :n].astype(np.float64), got[b, :n].astype(np.float64)
                 absdiff = np.abs(g - w)
                 reldiff = absdiff / np.maximum(np.abs(w), 1e-12)
-                failed = bool(((absdiff > atol) & (reldiff > rtol)).any())
+                bound = step_atol(w) if atol is None else atol  # INT8: the steps of this sequence's own output
+                failed = _failed(absdiff, reldiff, bound, rtol, stat)
                 sequences.append(SequenceDiff(len(sequences), int(n), float(absdiff.max(initial=0.0)),
                                               float(reldiff.max(initial=0.0)), not failed))
     return PackedCompareResult(all(s.passed for s in sequences), sequences, tokens, atol, rtol, precision,
-                               (kp, kk), len(feeds))
+                               (kp, kk), len(feeds), stat)
+
+
+def _failed(absdiff: np.ndarray, reldiff: np.ndarray, atol: float, rtol: float, stat: str) -> bool:
+    """Polygraphy's rule on one sequence: elemwise, any element off by more than atol and rtol; otherwise the
+    statistic of the absolute and of the relative errors."""
+    if stat == "elemwise":
+        return bool(((absdiff > atol) & (reldiff > rtol)).any())
+    reduce = {"max": np.max, "mean": np.mean, "median": np.median}[stat]
+    return bool(reduce(absdiff) > atol and reduce(reldiff) > rtol) if absdiff.size else False
 
 
 def default_seq(model: onnx.ModelProto) -> int:

@@ -282,3 +282,24 @@ def test_squad_amax_runs_the_simulation_calibrate_evaluate_scores(flow, tiny_onn
         texts = {k: p.text for k, p in predict_examples(plugins_only, load_tokenizer(vocab_path()),
                                                         samples.examples, seq=128).items()}
     assert texts != json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", ["hf_qa_eager", "torch_dynamo_qa"])
+def test_head_of_an_hf_export_is_found(canonical_fixtures, name):
+    """A PyTorch export's QA head reaches the graph output through the split into start and end logits and
+    `convert onnx`'s join of them into logits: `--float-gemms head` finds it, in the canonical and the fused graph."""
+    from bertrt.surgery.pipeline import run_file
+
+    canonical = onnx.load(canonical_fixtures[name])
+    layer = ["qkv"] * 3 + ["attn_out", "ffn1", "ffn2"]
+    groups = gemm_groups(canonical)
+    assert list(groups.values()) == layer * 2 + ["head"]
+    (head,) = float_gemms(canonical, ["head"])
+    out = next(n.output[0] for n in canonical.graph.node if n.name == head)
+    bias = next(n.output[0] for n in canonical.graph.node if n.op_type == "Add" and out in n.input)
+    assert float_gemm_drops(canonical, ["head"]) == {out, bias}
+    fused = run_file(canonical_fixtures[name], target="trt11", precision="int8").model
+    assert list(gemm_groups(fused).values()) == ["qkv", "attn_out", "ffn1", "ffn2"] * 2 + ["head"]
+    amax = dict.fromkeys({t for n in fused.graph.node for t in n.input}, 1.0)
+    _, report = insert_qdq(fused, amax, skip_nodes=float_gemms(fused, ["head"]))
+    assert len(report.quantized) == 8 and list(report.skipped) == float_gemms(fused, ["head"])

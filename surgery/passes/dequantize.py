@@ -157,6 +157,7 @@ class DequantizePass(Pass):
 
     def apply(self, graph: gs.Graph, ctx, report) -> None:
         weights = pairs = short = folded = unkept = 0
+        scales: dict[str, set[float]] = {}
         for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
             src, out = dq.inputs[0], dq.outputs[0]
             p = producer(src)
@@ -164,6 +165,7 @@ class DequantizePass(Pass):
                 scale = _const(p.inputs[1])
                 if scale is not None and scale.size == 1:
                     ctx.qat_scales[p.inputs[0].name] = float(scale.reshape(()))
+                    scales.setdefault(p.inputs[0].name, set()).add(float(scale.reshape(())))
                 replace_uses(graph, out, p.inputs[0])
                 pairs += 1
                 continue
@@ -190,6 +192,14 @@ class DequantizePass(Pass):
         if report.rewrites:
             report.notes.append(f"{pairs} activation Q/DQ pairs bypassed, {weights} weights dequantized"
                                 + (f" ({folded} Transposes folded into them)" if folded else ""))
+        several = sorted(t for t, found in scales.items() if len(found) > 1)
+        if several:
+            # One GEMM reads them once fused (PyTorch quantizes the Q, K and V input once per Linear), with one
+            # range: `calibrate qat` keeps the largest; benchmarks/squad_accuracy.py qat-unified-ort measures it.
+            apart = max(max(scales[t]) / min(scales[t]) - 1 for t in several)
+            report.notes.append(f"{len(several)} activations are quantized with several scales, up to {apart:.1%} "
+                                f"apart (e.g. {several[0]}): a GEMM fused from their readers has one range, the "
+                                "largest (calibrate qat)")
         if unkept:
             report.notes.append(f"{unkept} weights' scales not kept (zero point not 0, not per output channel, or "
                                 "not read by a GEMM): INT8 derives theirs from max |w| / 127")
