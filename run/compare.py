@@ -225,7 +225,15 @@ def _check_feeds(feeds, ma, mb, path):
                 raise BertrtError(f"the inputs give no value for the graph input '{name}'", path)
 
 
-def _runner(model: onnx.ModelProto, label: str, amax):
+def _runner(model: onnx.ModelProto, label: str, amax, backend: str = "auto", trt_oss=None):
+    if has_plugin_nodes(model) and backend == "kernels":
+        from bertrt.plugins.kernels.lib import require_gpu
+        from bertrt.plugins.kernels.poly_runner import BertrtKernelsRunner
+        from bertrt.plugins.kernels.tree import find_checkout
+
+        find_checkout(trt_oss)
+        require_gpu()
+        return BertrtKernelsRunner(model, amax=amax, name=f"{label}:bertrt-kernels", trt_oss=trt_oss), "bertrt-kernels"
     if has_plugin_nodes(model):
         from bertrt.plugins.poly_runner import BertrtRefRunner
 
@@ -240,7 +248,7 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
                    amax: dict[str, float] | None = None, check_error_stat: str | None = None,
-                   as_exported: bool = False) -> CompareResult:
+                   as_exported: bool = False, backend: str = "auto", trt_oss=None) -> CompareResult:
     """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs.
 
     Inputs are random (see ``random_inputs``) unless ``inputs`` gives feed dicts or a Polygraphy JSON
@@ -254,6 +262,8 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     what a fused ``b`` computes: its one QKV GEMM has one input scale, the largest (``calibrate qat``). Then
     ``b`` is compared with A' = ``unify_scales(a)``, A computing so, and A' against A is reported in the notes
     (``as_exported`` compares with ``a`` itself).
+
+    ``backend="kernels"`` runs fused graphs on NVIDIA's plugin kernels (GPU, TensorRT OSS checkout ``trt_oss``).
     """
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
@@ -288,9 +298,9 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     if not common:
         raise BertrtError(f"the graphs share no output name ({', '.join(names_a)} vs {', '.join(names_b)})", path_a)
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
-    ra, ka = _runner(ma, "A'" if exported is not None else "A", amax)
-    rb, kb = _runner(mb, "B", amax)
-    runners = [ra, rb] + ([_runner(exported, "A", amax)[0]] if exported is not None else [])
+    ra, ka = _runner(ma, "A'" if exported is not None else "A", amax, backend, trt_oss)
+    rb, kb = _runner(mb, "B", amax, backend, trt_oss)
+    runners = [ra, rb] + ([_runner(exported, "A", amax, backend, trt_oss)[0]] if exported is not None else [])
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
