@@ -60,7 +60,7 @@ class PluginExecutor:
         if want == "float16":
             return out.astype(np.float16)
         if want == "int8":
-            return np.clip(np.rint(out / np.float32(self.scale(name))), -127, 127).astype(np.int8)
+            return np.clip(np.rint(out / np.float32(self.scale(name))), ref.INT8_OUT_MIN, 127).astype(np.int8)
         return out.astype(want)
 
     # -------------------------------------------------------------- per plugin
@@ -99,7 +99,7 @@ class PluginExecutor:
             x = a[0].astype(np.float32) * np.float32(s_qkv) if a[0].dtype == np.int8 else a[0]
             out = ref.qkv_interleaved_int8(x, np.asarray(a[1]), N, s_qkv, s_ctx, v["dq_probs"])
             if self.out_dtypes.get(self.outputs[0]) == "int8" or a[0].dtype == np.int8:
-                return [np.clip(np.rint(out / np.float32(s_ctx)), -127, 127).astype(np.int8)]
+                return [np.clip(np.rint(out / np.float32(s_ctx)), ref.INT8_OUT_MIN, 127).astype(np.int8)]
             return [out]
         t = v["type_id"]
         s_qkv = self.scale(self.inputs[0]) if t == TYPE_INT8 else None

@@ -35,6 +35,27 @@ class BertrtRefRunnerArgs(BaseRunnerArgs):
         script.add_runner(make_invocable("BertrtRefRunner", self.arg_groups[ModelArgs].path))
 
 
+class BertrtKernelsRunnerArgs(BaseRunnerArgs):
+    """
+    bertrt kernels: runs graphs with TensorRT BERT plugin nodes on NVIDIA's plugin kernels (GPU), the rest on
+    PyTorch CUDA; the TensorRT OSS checkout comes from $BERTRT_TRT_OSS.
+
+    Depends on:
+
+        - ModelArgs
+    """
+
+    def get_name_opt_impl(self):
+        return "bertrt Kernels", "bertrt-kernels"
+
+    def get_extra_help_text_impl(self):
+        return "Executes TensorRT BERT plugin nodes with NVIDIA's plugin kernels on the GPU, the rest with PyTorch."
+
+    def add_to_script_impl(self, script):
+        script.add_import(imports=["BertrtKernelsRunner"], frm="bertrt.plugins.kernels.poly_runner")
+        script.add_runner(make_invocable("BertrtKernelsRunner", self.arg_groups[ModelArgs].path))
+
+
 def export_argument_groups():
     """The entry point Polygraphy calls: the argument groups this extension adds to ``polygraphy run``."""
-    return [BertrtRefRunnerArgs()]
+    return [BertrtRefRunnerArgs(), BertrtKernelsRunnerArgs()]

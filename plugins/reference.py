@@ -3,7 +3,8 @@
 Layouts are the plugins' own: sequence-major ``[S, B, E, 1, 1]`` (fixed length), ``[T, E, 1, 1]``
 (var-seqlen), ``[1, E, T, 1]`` (INT8 interleaved, logical view of CHW32). Every function takes and returns
 real values in float32: FP16 plugins round their inputs and outputs to float16 values, INT8 plugins
-fake-quantize them with the given scales (``real = scale * q``, q in [-127, 127]).
+fake-quantize them with the given scales (``real = scale * q``, q in [-127, 127]; the attention output
+saturates at -128, see INT8_OUT_MIN).
 
 Numerics:
 * LayerNorm is ``gamma * (x - mean) / sqrt(E[x^2] - mean^2 + eps) + beta`` with statistics in float32, as
@@ -25,16 +26,19 @@ from bertrt.plugins.fp16 import round_fp16
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 FP16_SKIP_EPS = 0.0
 DEFAULT_DQ_PROBS = 1.0 / 127.0
+# NVIDIA's INT8 attention kernels (fmha v1 and v2) saturate their output to the whole int8 range: a context value
+# below -127 steps comes out as -128, not -127 (measured on sm_90 against every one of them; issue #13).
+INT8_OUT_MIN = -128
 
 
 # ---------------------------------------------------------------- precision helpers
 
 
-def fake_quant(x: np.ndarray, scale: float) -> np.ndarray:
-    """Symmetric INT8 quantize-dequantize: scale * clip(round_half_even(x / scale), -127, 127)."""
+def fake_quant(x: np.ndarray, scale: float, lo: int = -127) -> np.ndarray:
+    """INT8 quantize-dequantize: scale * clip(round_half_even(x / scale), lo, 127) (symmetric unless lo=-128)."""
     if not scale > 0:
         raise ValueError(f"INT8 scale must be > 0, got {scale}")
-    q = np.clip(np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)), -127, 127)
+    q = np.clip(np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)), lo, 127)
     return (q * np.float32(scale)).astype(np.float32)
 
 
@@ -178,8 +182,17 @@ def qkv_fixed(qkv, num_heads, mask_idx=None, type_id=0, s_qkv=None, s_ctx=None, 
     for b in range(B):
         nvalid = None if m is None else int(np.clip(m[b], 0, S))
         out[:, b] = attention(q[:, b], k[:, b], v[:, b], nvalid, dq_probs if type_id == 2 else None)
-    out = at_precision(out, type_id, s_ctx)
+    out = _ctx_precision(out, type_id, s_ctx)
     return out.reshape(S, B, E3 // 3, 1, 1)
+
+
+def _ctx_precision(out, type_id, s_ctx):
+    """The attention output in its type: INT8 saturates at INT8_OUT_MIN, as the kernels do."""
+    if type_id == 2:
+        if s_ctx is None:
+            raise ValueError("an INT8 tensor needs a scale")
+        return fake_quant(out, s_ctx, lo=INT8_OUT_MIN)
+    return at_precision(out, type_id)
 
 
 def _per_sequence(x_tokens, cu, num_heads, order, dq):
@@ -199,7 +212,7 @@ def qkv_varseqlen(qkv, cu, num_heads, type_id=1, s_qkv=None, s_ctx=None, dq_prob
     T, E3 = qkv.shape[:2]
     x = _quant_io(np.asarray(qkv, np.float32).reshape(T, E3), type_id, s_qkv)
     out = _per_sequence(x, cu, num_heads, "N3H", dq_probs if type_id == 2 else None)
-    return at_precision(out, type_id, s_ctx).reshape(T, E3 // 3, 1, 1)
+    return _ctx_precision(out, type_id, s_ctx).reshape(T, E3 // 3, 1, 1)
 
 
 def qkv_interleaved_int8(qkv, cu, num_heads, s_qkv, s_ctx, dq_probs=DEFAULT_DQ_PROBS):
@@ -207,7 +220,7 @@ def qkv_interleaved_int8(qkv, cu, num_heads, s_qkv, s_ctx, dq_probs=DEFAULT_DQ_P
     E3, T = qkv.shape[1], qkv.shape[2]
     x = fake_quant(np.asarray(qkv, np.float32).reshape(E3, T).T, s_qkv)
     out = _per_sequence(x, cu, num_heads, "3NH", dq_probs)
-    out = fake_quant(out.reshape(T, E3 // 3), s_ctx)
+    out = fake_quant(out.reshape(T, E3 // 3), s_ctx, lo=INT8_OUT_MIN)
     return np.ascontiguousarray(out.T).reshape(1, E3 // 3, T, 1)
 
 

@@ -91,7 +91,7 @@ class ReferenceRunner:
                     steps.append(Segment(current))
                     current = []
                 out_dtypes = {o: info.dtype(o) for o in n.output if info.dtype(o)}
-                steps.append(PluginExecutor(n, out_dtypes, self.amax))
+                steps.append(self._plugin_step(n, out_dtypes))
             else:
                 current.append(n)
         if current:
@@ -112,6 +112,10 @@ class ReferenceRunner:
             else:
                 needed_later |= {i for i in step.inputs if i}
         return steps
+
+    def _plugin_step(self, node, out_dtypes: dict[str, str]):
+        """What runs one plugin node (the numpy reference here; the kernels backend runs NVIDIA's kernels)."""
+        return PluginExecutor(node, out_dtypes, self.amax)
 
     def _last_uses(self) -> list[list[str]]:
         """For each step, the tensors no later step nor the graph's outputs read: dropped once it has run,

@@ -246,6 +246,42 @@ class ReferenceBackend(Backend):
         return super().__repr__()[:-1] + int8 + ")"
 
 
+class KernelsBackend(Backend):
+    """Graphs with TensorRT plugin nodes on the GPU: NVIDIA's plugin kernels (built from a TensorRT OSS checkout)
+    for the plugin nodes, PyTorch CUDA for the rest. Not a TensorRT engine: TensorRT's own layer fusions and
+    GEMM tactics are not there."""
+
+    name = "kernels"
+
+    def __init__(self, path, model=None, amax: dict[str, float] | None = None, trt_oss=None):
+        from bertrt.onnx_io import load_model
+        from bertrt.plugins.kernels.lib import require_gpu
+        from bertrt.plugins.kernels.tree import find_checkout
+        from bertrt.run.compare import vocab_size
+
+        find_checkout(trt_oss)  # the plain refusals first: no checkout, then no GPU
+        require_gpu()
+        from bertrt.plugins.kernels.runner import KernelRunner
+
+        model = model if model is not None else load_model(path)
+        super().__init__(path, onnx_input_shape(model, path), vocab_size(model))
+        self.output = _output_name(model, path)
+        self.runner = KernelRunner(model, amax=amax, trt_oss=trt_oss)
+        self.runner.path = self.path
+        self.int8_gemms = 0
+
+    def _run(self, feeds):
+        return self.runner.run(feeds)[self.output]
+
+    def close(self):
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()
+            self.runner = None
+
+
+BACKENDS = ("auto", "kernels")  # --backend: auto = ONNX Runtime / CPU reference / TensorRT as the model asks
+
+
 def engine_profiles(engine, input_name: str) -> list[tuple[tuple, tuple, tuple]]:
     """(min, opt, max) shapes of one input in each of an engine's optimization profiles."""
     return [tuple(tuple(s) for s in engine.get_tensor_profile_shape(input_name, i))
@@ -319,20 +355,34 @@ class TrtBackend(Backend):
             self.runner.deactivate()
 
 
-def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None, threads: int = 0) -> Backend:
-    """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes).
+def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None, threads: int = 0,
+                 backend: str = "auto", trt_oss=None) -> Backend:
+    """The backend for a TensorRT engine, or for an ONNX model (reference if it has plugin nodes; with
+    ``backend="kernels"`` a fused graph runs on NVIDIA's plugin kernels on the GPU instead).
 
     With ``amax`` (a TensorRT 10 calibration table) an ONNX model runs as TensorRT 10 implicit INT8 runs it:
     see ``implicit_int8_backend``.
     """
     if (engine is None) == (onnx is None):
         raise BertrtError("give exactly one of an engine or an ONNX model")
+    if backend == "kernels" and engine is not None:
+        raise BertrtError("--backend kernels runs fused ONNX graphs (--onnx), not TensorRT engines", engine)
     if engine is not None:
         return TrtBackend(engine)
     from bertrt.onnx_io import load_model
     from bertrt.plugins.runner import has_plugin_nodes
 
+    if backend not in BACKENDS:
+        raise BertrtError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     model = load_model(onnx)
+    if backend == "kernels":
+        if not has_plugin_nodes(model):
+            raise BertrtError("--backend kernels runs fused graphs (ONNX models with TensorRT plugin nodes)", onnx)
+        if amax is not None:
+            from bertrt.calibrate.evaluate import implicit_int8_model
+
+            model, _ = implicit_int8_model(model, amax)
+        return KernelsBackend(onnx, model, amax=amax, trt_oss=trt_oss)
     if amax is not None:
         return implicit_int8_backend(onnx, model, amax)
     if has_plugin_nodes(model):

@@ -225,7 +225,15 @@ def _check_feeds(feeds, ma, mb, path):
                 raise BertrtError(f"the inputs give no value for the graph input '{name}'", path)
 
 
-def _runner(model: onnx.ModelProto, label: str, amax):
+def _runner(model: onnx.ModelProto, label: str, amax, backend: str = "auto", trt_oss=None):
+    if has_plugin_nodes(model) and backend == "kernels":
+        from bertrt.plugins.kernels.lib import require_gpu
+        from bertrt.plugins.kernels.poly_runner import BertrtKernelsRunner
+        from bertrt.plugins.kernels.tree import find_checkout
+
+        find_checkout(trt_oss)
+        require_gpu()
+        return BertrtKernelsRunner(model, amax=amax, name=f"{label}:bertrt-kernels", trt_oss=trt_oss), "bertrt-kernels"
     if has_plugin_nodes(model):
         from bertrt.plugins.poly_runner import BertrtRefRunner
 
@@ -245,7 +253,7 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
                    amax: dict[str, float] | None = None, check_error_stat: str | None = None,
-                   as_exported: bool = False, b_path=None) -> CompareResult:
+                   as_exported: bool = False, backend: str = "auto", trt_oss=None, b_path=None) -> CompareResult:
     """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs
     (``b_path``: the file a loaded ``b`` came from, which a refusal names).
 
@@ -260,6 +268,8 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     what a fused ``b`` computes: its one QKV GEMM has one input scale, the largest (``calibrate qat``). Then
     ``b`` is compared with A' = ``unify_scales(a)``, A computing so, and A' against A is reported in the notes
     (``as_exported`` compares with ``a`` itself).
+
+    ``backend="kernels"`` runs fused graphs on NVIDIA's plugin kernels (GPU, TensorRT OSS checkout ``trt_oss``).
     """
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
@@ -298,9 +308,9 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     if not common:
         raise BertrtError(f"the graphs share no output name ({', '.join(names_a)} vs {', '.join(names_b)})", path_a)
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
-    ra, ka = _runner(ma, "A'" if exported is not None else "A", amax)
-    rb, kb = _runner(mb, "B", amax)
-    runners = [(ra, ka, path_a), (rb, kb, path_b)] + ([(*_runner(exported, "A", amax), path_a)]
+    ra, ka = _runner(ma, "A'" if exported is not None else "A", amax, backend, trt_oss)
+    rb, kb = _runner(mb, "B", amax, backend, trt_oss)
+    runners = [(ra, ka, path_a), (rb, kb, path_b)] + ([(*_runner(exported, "A", amax, backend, trt_oss), path_a)]
                                                       if exported is not None else [])
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
     from polygraphy.exception import PolygraphyException
@@ -313,7 +323,7 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
             try:
                 one = Comparator.run([runner], data_loader=feeds)
             except (Fail, InvalidArgument, InvalidGraph, RuntimeException, PolygraphyException) as e:  # cannot run
-                who = "ONNX Runtime" if kind == "onnxrt" else "bertrt's reference"
+                who = {"onnxrt": "ONNX Runtime", "bertrt-ref": "bertrt's reference"}.get(kind, kind)
                 first = next(iter(feeds[0].values()), None) if feeds else None
                 shape = "x".join(map(str, np.shape(first))) if first is not None else "no inputs"
                 raise BertrtError(f"{who} cannot run it on these inputs ({shape}): {ort_message(e)}",

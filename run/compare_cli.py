@@ -6,6 +6,7 @@ import click
 
 from bertrt.errors import BertrtError
 from bertrt.options import amax_option, batch_option, precision_option, seed_option, seq_option
+from bertrt.run.cli_options import backend_options
 from bertrt.run.compare import ERROR_STATS, TOLERANCES, tolerance_text
 
 
@@ -40,8 +41,9 @@ from bertrt.run.compare import ERROR_STATS, TOLERANCES, tolerance_text
 @click.option("--varseqlen", is_flag=True,
               help="B is packed (var-seqlen): compare it per sequence against the padded A [default: when B takes "
                    "cu_seqlens].")
+@backend_options
 def compare(a, b, precision, atol, rtol, check_error_stat, batch, seq, seed, iterations, load_inputs, amax_path,
-            as_exported, varseqlen):
+            as_exported, varseqlen, backend, trt_oss):
     """Run A and B on the same inputs and compare their common outputs.
 
     Standard graphs run on ONNX Runtime; graphs with TensorRT plugin nodes on bertrt's CPU reference.
@@ -57,13 +59,16 @@ def compare(a, b, precision, atol, rtol, check_error_stat, batch, seq, seed, ite
     if varseqlen and not is_packed(mb):
         raise BertrtError("is not a packed (var-seqlen) model: it has no cu_seqlens input", b)
     if is_packed(mb):
+        if backend == "kernels":
+            raise BertrtError("compare --backend kernels takes padded graphs; run a packed one with 'bertrt squad "
+                              "--backend kernels' (its backend packs the batches)", b)
         result = compare_packed(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
                                 atol=atol, rtol=rtol, inputs=load_inputs, amax=amax, check_error_stat=check_error_stat)
         click.echo(result.table())
         raise SystemExit(0 if result.passed else 1)
     result = compare_models(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
                             atol=atol, rtol=rtol, inputs=load_inputs, amax=amax, check_error_stat=check_error_stat,
-                            as_exported=as_exported, b_path=b)
+                            as_exported=as_exported, backend=backend, trt_oss=trt_oss, b_path=b)
     for side, names in result.only_in.items():
         click.echo(f"note: only {side} has output(s) {', '.join(names)}; not compared", err=True)
     for note in result.notes:

@@ -62,11 +62,11 @@ def _passage(passage, passage_file):
 @click.option("--n-best", "n_best", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many candidate answers to show per question.")
 @max_answer_length_option
-def infer(engine, onnx, amax, passage, passage_file, questions, vocab, seq, n_best, max_answer_length):
+def infer(engine, onnx, amax, runtime, passage, passage_file, questions, vocab, seq, n_best, max_answer_length):
     """Answer each question about the passage: the answer and its probability."""
     text = _passage(passage, passage_file)
     tokenizer = tokenizer_for(vocab)
-    with open_from_options(engine, onnx, amax) as backend:
+    with open_from_options(engine, onnx, amax, runtime) as backend:
         seq = resolve_seq(backend, seq)
         start = time.perf_counter()
         predictions = answer_questions(backend, tokenizer, text, list(questions), seq=seq,

@@ -26,7 +26,7 @@ from bertrt.run.perf import ITERATIONS, SEED, WARMUP
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="TensorRT: replay each execution from a CUDA graph.")
 @report_option("Also write the results as JSON.")
-def perf(engine, onnx, amax, batch, seq, warmup, iterations, duration, seed, cuda_graph, report_path):
+def perf(engine, onnx, amax, runtime, batch, seq, warmup, iterations, duration, seed, cuda_graph, report_path):
     """Benchmark a model on random inputs, one line per batch size.
 
     TensorRT engines are timed with CUDA events around the execution only; ONNX Runtime and the CPU
@@ -36,7 +36,7 @@ def perf(engine, onnx, amax, batch, seq, warmup, iterations, duration, seed, cud
     from bertrt.run.perf import run_perf, table
 
     batches = int_list(batch, "--batch")
-    with open_from_options(engine, onnx, amax) as backend:
+    with open_from_options(engine, onnx, amax, runtime) as backend:
         seq = resolve_seq(backend, seq)
         log(f"{backend!r}")
         results = run_perf(backend, batches, seq, warmup=warmup, iterations=iterations, duration_s=duration,

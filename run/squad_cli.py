@@ -22,7 +22,7 @@ from bertrt.run.cli_options import model_options, open_from_options, resolve_seq
               help="Start and end candidates per feature.")
 @max_answer_length_option
 @report_option("Also write the scores (EM, F1, counts) as JSON.")
-def squad(engine, onnx, amax, squad_json, out, vocab, seq, batch, limit, n_best, max_answer_length, report_path):
+def squad(engine, onnx, amax, runtime, squad_json, out, vocab, seq, batch, limit, n_best, max_answer_length, report_path):
     """Answer every question of a SQuAD v1.1 file and score exact match and F1.
 
     With --amax, a fused graph runs as TensorRT 10 runs it in implicit INT8: its INT8 plugins with the
@@ -38,7 +38,7 @@ def squad(engine, onnx, amax, squad_json, out, vocab, seq, batch, limit, n_best,
     if limit is not None:
         examples = examples[:limit]
     tokenizer = tokenizer_for(vocab)
-    with open_from_options(engine, onnx, amax) as backend:
+    with open_from_options(engine, onnx, amax, runtime) as backend:
         seq = resolve_seq(backend, seq)
         log(f"{len(examples)} questions, {backend!r}, seq {seq}, batch {batch}")
         predictions = predict_examples(backend, tokenizer, examples, seq=seq, batch=batch, progress=reporter(),

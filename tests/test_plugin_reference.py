@@ -333,3 +333,30 @@ def test_round_fp16_gives_numpys_bits_on_every_kind_of_value():
         assert got.dtype == np.float32 and got.shape == x.shape
         np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(want)], want.view(np.uint32)[~np.isnan(want)])
         assert np.isnan(got[np.isnan(want)]).all()
+
+
+@pytest.mark.parametrize("layout", ["fixed", "varseqlen", "interleaved"])
+def test_qkv_int8_output_saturates_at_minus_128(layout):
+    # NVIDIA's INT8 attention kernels write -128 for a context below -127 steps (measured on the H200, #13).
+    # One token: attention returns v itself, so the output is v quantized with the context scale.
+    N, H = 1, 4
+    E = N * H
+    s_qkv, s_ctx = 8 / 127, 2 / 127
+    v = np.array([-5.0, 5.0, 0.5, -0.5], np.float32)  # -> -128 (saturated), 127 (saturated), 32, -32 steps
+    q = k = np.zeros(H, np.float32)
+    if layout == "interleaved":  # channels [3, N, H]
+        tokens = np.concatenate([q, k, v])[None]
+        out = ref.qkv_interleaved_int8(np.ascontiguousarray(tokens.T).reshape(1, 3 * E, 1, 1),
+                                       np.array([0, 1]), N, s_qkv, s_ctx)[0, :, 0, 0]
+    else:  # channels [N, 3, H]
+        x = np.concatenate([q, k, v])
+        if layout == "fixed":
+            out = ref.qkv_fixed(x.reshape(1, 1, 3 * E, 1, 1), N, np.array([1]), type_id=2, s_qkv=s_qkv,
+                                s_ctx=s_ctx)[0, 0, :, 0, 0]
+        else:
+            out = ref.qkv_varseqlen(x.reshape(1, 3 * E, 1, 1), np.array([0, 1]), N, type_id=2, s_qkv=s_qkv,
+                                    s_ctx=s_ctx)[0, :, 0, 0]
+    vq = np.clip(np.rint(v / s_qkv), -127, 127)  # the input's own quantization (symmetric)
+    expected = np.clip(np.rint(vq * s_qkv / s_ctx), -128, 127)
+    assert expected.tolist() == [-128, 127, 32, -32]
+    np.testing.assert_array_equal(np.rint(out / s_ctx), expected)

@@ -1,0 +1,71 @@
+"""CPU side after benchmarks/kernels_h200.py --pack: SQuAD EM/F1 of the GPU logits (<model>.kernels.npy) next to
+bertrt's CPU reference (<model>.ref.npy, from kernels_prep.py) on the same features, and the whole-graph error
+against ONNX Runtime on the canonical (unfused) model (<model>-ort.npy, the first features).
+
+    python benchmarks/kernels_score.py --prep build/device/prep --gpu DIR [--limit 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import squad_accuracy as sa  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prep", type=Path, required=True)
+    ap.add_argument("--gpu", type=Path, nargs="+", required=True, help="folders holding <model>.kernels.npy")
+    ap.add_argument("--work", type=Path, default=Path("build/squad-accuracy"))
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    from bertrt.run.features import examples_features
+    from bertrt.run.squad_metric import evaluate
+    from bertrt.run.squad_predict import answers
+    from bertrt.run.tokenization import load_tokenizer
+
+    examples, _ = sa.dev_examples(args.limit, args.work)
+    rows = []
+    for gpu_file in sorted(p for d in args.gpu for p in d.glob("*.kernels.npy")):
+        name = gpu_file.name[:-len(".kernels.npy")]
+        model = name.split("-fused")[0].split("-int8")[0]
+        per_example = examples_features(load_tokenizer(sa.SHARED / "models" / model / "vocab.txt"), examples,
+                                        max_seq_length=sa.SEQ)
+        gpu = np.load(gpu_file)
+        row = {"model": name, "features": int(gpu.shape[0])}
+        for side, logits in (("gpu", gpu), ("cpu_ref", np.load(args.prep / f"{name}.ref.npy")
+                                             if (args.prep / f"{name}.ref.npy").exists() else None)):
+            if logits is None:
+                continue
+            texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
+            s = evaluate(examples, texts)
+            row[f"{side}_em"], row[f"{side}_f1"] = s["exact_match"], s["f1"]
+            row[f"{side}_texts"] = texts
+        if "cpu_ref_texts" in row:
+            ref = np.load(args.prep / f"{name}.ref.npy")
+            row["vs_ref_max_abs"] = float(np.abs(gpu - ref).max())
+            row["same_answers"] = sum(row["gpu_texts"][k] == v for k, v in row["cpu_ref_texts"].items())
+        ort = np.load(args.prep / f"{model}-ort.npy")
+        n = ort.shape[0]
+        row["ort_features"] = n
+        row["vs_ort_max_abs"] = float(np.abs(gpu[:n] - ort).max())
+        row["ort_max_abs_logit"] = float(np.abs(ort).max())
+        if "cpu_ref_texts" in row:
+            row["ref_vs_ort_max_abs"] = float(np.abs(ref[:n] - ort).max())
+        for k in ("gpu_texts", "cpu_ref_texts"):
+            row.pop(k, None)
+        rows.append(row)
+        print(json.dumps(row))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
