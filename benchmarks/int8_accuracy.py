@@ -78,7 +78,7 @@ def main():
     from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model, table
     from bertrt.calibrate.mixed import float_gemm_drops, float_gemms
     from bertrt.calibrate.qdq import insert_qdq
-    from bertrt.ranges import apply_name_map
+    from bertrt.name_map import apply_name_map
     from bertrt.calibrate.stats import calibrate
     from bertrt.convert.zoo import vocab_path
     from bertrt.onnx_io import load_model, save_model

@@ -166,13 +166,14 @@ class Model:
     def ranges(self, source: Path, method: str) -> dict[str, float]:
         """Canonical ranges of ``source`` (cached as JSON in WORK)."""
         from bertrt.calibrate.stats import calibrate
+        from bertrt.ranges import read_ranges, write_ranges
 
         path = self.dir / f"ranges-{source.stem}-{method}.json"
         if not path.exists():
             log(f"{self.name}: calibrate ranges {source.name} ({method}, {self.calib_num} train features)")
             result = calibrate(source, self.feeds(), method=method, progress=progress())
-            path.write_text(json.dumps(result.amax, indent=1, sort_keys=True) + "\n")
-        return json.loads(path.read_text())
+            write_ranges(path, result.amax)  # the ranges format's one writer and reader (bertrt.ranges)
+        return read_ranges(path)
 
     def backend(self, row: str):
         """The backend a row runs on (see the module text)."""
@@ -192,7 +193,7 @@ class Model:
     def int8_backend(self, smoothed: bool, method: str, groups, target: str):
         from bertrt.calibrate.mixed import float_gemm_drops, float_gemms
         from bertrt.calibrate.qdq import insert_qdq
-        from bertrt.ranges import apply_name_map
+        from bertrt.name_map import apply_name_map
         from bertrt.onnx_io import load_model
         from bertrt.run.backends import ReferenceBackend, implicit_int8_backend
 

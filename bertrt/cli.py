@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 
 import click
 
@@ -53,6 +54,8 @@ class StageGroup(click.Group):
             return super().invoke(ctx)
         except BertrtError as e:
             raise CommandError(e) from None
+        except OSError as e:  # the machine's refusal (no space, no permission), never a bug to trace back
+            raise CommandError(BertrtError(e.strerror or str(e), e.filename)) from None
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Stages"):  # from the registry: listing them imports nothing heavy
@@ -76,12 +79,18 @@ def cli():
     """
 
 
+def _terminated(signum, _frame):
+    # As on Ctrl-C, unwind: every atomic write removes its hidden temporary file or folder on the way out.
+    raise SystemExit(128 + signum)
+
+
 def main():
     # TensorFlow's C++ logging is noise for a command-line user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # numpy's BLAS threads spin between calls and starve ONNX Runtime's, which run beside them in the CPU
     # reference (30x slower attention on a busy machine); one BLAS thread leaves the cores to ONNX Runtime.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="bertrt")
 
 

@@ -9,8 +9,6 @@ protobuf wire format (or into ``<name>.data`` when the model is past protobuf's 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,23 +64,25 @@ def full_model(graph: gs.Graph, finish=None) -> onnx.ModelProto:
     return model
 
 
-def save_graph(graph: gs.Graph, path, finish=None, external_data: bool | None = None) -> Path:
-    """Export and write atomically, streaming the large weights."""
+def save_graph(graph: gs.Graph, path, finish=None, external_data: bool | None = None, check=None) -> Path:
+    """Export and write atomically, streaming the large weights; ``check(staged_path)`` may refuse the file
+    before it takes the destination's name."""
     model, weights = export_weightless(graph, finish)
-    return write_streaming(model, weights, path, external_data)
+    return write_streaming(model, weights, path, external_data, check)
 
 
-def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path, external_data=None) -> Path:
+def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path, external_data=None,
+                    check=None) -> Path:
+    from bertrt.atomic import staging_dir, writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     g = model.graph
     stubs = [t for t in g.initializer if t.name in weights]
     others = [t for t in g.initializer if t.name not in weights]
     total = sum(weights[t.name].nbytes for t in stubs)
     if external_data is None:
         external_data = total + model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_dir(path) as tmpdir, writing(path):
         tmp = tmpdir / path.name
         if external_data:
             data_name = f"{path.name}.data"
@@ -97,13 +97,15 @@ def write_streaming(model: onnx.ModelProto, weights: dict[str, np.ndarray], path
                         e.key, e.value = k, v
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
+            if check is not None:
+                check(tmp)
             os.replace(tmpdir / data_name, path.parent / data_name)
         else:
             _write_single_file(model, stubs, others, weights, tmp)
+            if check is not None:
+                check(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 
@@ -170,7 +172,7 @@ def read_streaming(path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
                     if tensor.data_location == onnx.TensorProto.EXTERNAL:
                         graph_rest += mm[gstart:gpos]
                         continue
-                    weights[tensor.name] = numpy_helper.to_array(tensor)
+                    weights[tensor.name] = _array(tensor)
                     stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type)
                     stub.dims.extend(tensor.dims)
                     stubs.append(stub)
@@ -183,6 +185,13 @@ def read_streaming(path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         _read_external(model, path.parent, weights)
     return model, weights
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:  # data that does not fit the declared type and shape
+        raise ValueError(f"initializer {tensor.name}: its data does not fit its type and shape ({e})") from None
 
 
 def _read_external(model, folder: Path, weights) -> None:
@@ -204,7 +213,7 @@ def _read_external(model, folder: Path, weights) -> None:
 def import_streaming(path) -> gs.Graph:
     """A graphsurgeon graph (with inferred shapes) of the model at path, its weights read one at a time."""
     from bertrt.errors import BertrtError
-    from bertrt.onnx_io import check_file
+    from bertrt.onnx_io import check_file, check_names
     from bertrt.sanitize import import_with_shapes
 
     path = check_file(path)
@@ -213,9 +222,10 @@ def import_streaming(path) -> gs.Graph:
     except FileNotFoundError as e:
         raise BertrtError(f"external data file missing: {e.filename}", path)
     except Exception as e:  # protobuf and the wire reader fail in several ways on a damaged file
-        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {_why(e)}", path) from None
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
+    check_names(model, path)
     graph = import_with_shapes(model)
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and t.name in weights:
@@ -224,8 +234,9 @@ def import_streaming(path) -> gs.Graph:
 
 
 def read_skeleton(path) -> onnx.ModelProto:
-    """The model's graph inputs and outputs, its nodes' op types and domains and its initializers' names, read
-    without the weights or node attributes: what a command needs to plan from a 2 GB graph, in milliseconds."""
+    """The model without its tensor data: graph inputs, outputs and value_info, every node with its attributes,
+    where initializers and TENSOR attributes keep their name, type and dims but no values. What a command needs
+    to plan from a 2 GB graph (plugin fields, dtypes, table sizes), read in milliseconds."""
     import mmap
 
     from bertrt.errors import BertrtError
@@ -235,45 +246,100 @@ def read_skeleton(path) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for field, start, end in _fields(mm, 0, len(mm)):
-                if field == 7:  # ModelProto.graph
+            for field, wire, start, end in _all_fields(mm, 0, len(mm)):
+                if field == 1 and wire == 0:  # ModelProto.ir_version
+                    model.ir_version = _varint_at(mm, start)[0]
+                elif field == 7 and wire == 2:  # ModelProto.graph
                     _skeleton_graph(mm, start, end, model.graph)
-                elif field == 8:  # ModelProto.opset_import
+                elif field == 8 and wire == 2:  # ModelProto.opset_import
                     model.opset_import.add().ParseFromString(mm[start:end])
-    except (ValueError, IndexError, DecodeError) as e:
-        raise BertrtError(f"not a readable ONNX model (truncated or another format): {type(e).__name__}", path)
+    except (ValueError, IndexError, DecodeError, UnicodeDecodeError) as e:
+        raise BertrtError(f"not a readable ONNX model (truncated or another format): {_why(e)}", path) from None
     if not model.graph.node or not model.graph.output:
         raise BertrtError("not a readable ONNX model (no graph nodes or outputs; truncated or another format)", path)
     return model
 
 
 def _skeleton_graph(mm, start, end, graph) -> None:
-    for field, s, e in _fields(mm, start, end):
-        if field == 1:  # node: op type and domain only
+    for field, wire, s, e in _all_fields(mm, start, end):
+        if wire != 2:
+            continue
+        if field == 1:  # node: everything but the data of its tensor attributes
             node = graph.node.add()
-            for f, a, b in _fields(mm, s, e):
-                if f == 4:
-                    node.op_type = mm[a:b].decode()
-                elif f == 7:
-                    node.domain = mm[a:b].decode()
-        elif field == 5:  # initializer: its name only
-            init = graph.initializer.add()
-            for f, a, b in _fields(mm, s, e):
-                if f == 8:
-                    init.name = mm[a:b].decode()
-        elif field in (11, 12):  # input, output
-            (graph.input if field == 11 else graph.output).add().ParseFromString(mm[s:e])
+            rest = bytearray()
+            for f, w, a, b in _all_fields(mm, s, e, with_tag=True):
+                if f == 5 and w == 2:  # NodeProto.attribute
+                    node.attribute.append(_light_attribute(mm, *_value_span(mm, a, b)))
+                else:
+                    rest += mm[a:b]
+            node.MergeFromString(bytes(rest))
+        elif field == 5:  # initializer: name, type and dims
+            graph.initializer.append(_tensor_stub(mm, s, e))
+        elif field in (11, 12, 13):  # input, output, value_info
+            {11: graph.input, 12: graph.output, 13: graph.value_info}[field].add().ParseFromString(mm[s:e])
 
 
-def _fields(buf, pos: int, end: int):
-    """(field number, value start, value end) of each length-delimited field of the message in buf[pos:end]."""
+def _light_attribute(mm, start, end) -> onnx.AttributeProto:
+    attr, rest, tensor = onnx.AttributeProto(), bytearray(), None
+    for f, w, a, b in _all_fields(mm, start, end, with_tag=True):
+        if f == 5 and w == 2:  # AttributeProto.t
+            tensor = _tensor_stub(mm, *_value_span(mm, a, b))
+        else:
+            rest += mm[a:b]
+    attr.MergeFromString(bytes(rest))
+    if tensor is not None:
+        attr.t.CopyFrom(tensor)
+    return attr
+
+
+def _tensor_stub(mm, start, end) -> onnx.TensorProto:
+    """A TensorProto with the name, data type and dims of the one at mm[start:end], and no data."""
+    t = onnx.TensorProto()
+    for f, w, a, b in _all_fields(mm, start, end):
+        if f == 1 and w == 0:  # dims, unpacked
+            t.dims.append(_varint_at(mm, a)[0])
+        elif f == 1 and w == 2:  # dims, packed
+            pos = a
+            while pos < b:
+                value, pos = _varint_at(mm, pos)
+                t.dims.append(value)
+        elif f == 2 and w == 0:
+            t.data_type = _varint_at(mm, a)[0]
+        elif f == 8 and w == 2:
+            t.name = mm[a:b].decode()
+    return t
+
+
+def _why(e: Exception) -> str:
+    """What went wrong reading a damaged file, in words (the exception's class alone says nothing to a user)."""
+    if isinstance(e, IndexError):
+        return "the file ends inside a field"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a name is not UTF-8 text (byte {e.object[e.start:e.start + 1].hex()} at {e.start})"
+    if isinstance(e, DecodeError):
+        return "protobuf cannot parse it as an ONNX ModelProto"
+    text = str(e).strip().splitlines()
+    return text[0] if text else f"{type(e).__name__} while reading it"
+
+
+def _all_fields(buf, pos: int, end: int, with_tag: bool = False):
+    """(field number, wire type, value start, field end) of each field of the message in buf[pos:end]; with
+    ``with_tag`` the span starts at the field's tag (the whole field, to copy it as it is)."""
     while pos < end:
+        tag_start = pos
         field, wire, pos = _tag(buf, pos)
         start, pos = _skip(buf, pos, wire)
         if pos > end:
             raise ValueError("a field runs past the end of its message")
-        if wire == 2:
-            yield field, start, pos
+        if field == 0:
+            raise ValueError("field number 0")
+        yield field, wire, tag_start if with_tag else start, pos
+
+
+def _value_span(buf, tag_start: int, end: int) -> tuple[int, int]:
+    """(value start, end) of the length-delimited field whose tag starts at tag_start."""
+    _field, wire, pos = _tag(buf, tag_start)
+    return _skip(buf, pos, wire)[0], end
 
 
 def _varint_at(buf, pos: int) -> tuple[int, int]:

@@ -20,9 +20,9 @@ def target_option(func):
     return click.option(
         "-t", "--target", type=click.Choice(config.names("targets")), default=contract.DEFAULT_TARGET,
         show_default=True,
-        help="TensorRT target (configs/targets): trt10-legacy (the former demo's V2 plugin versions), trt10 "
-             "(TensorRT 10.6+, IPluginV3 versions), trt11 (strongly typed: FP16 and INT8 in the graph). "
-             "Give surgery and build the same one.")(func)
+        help="TensorRT target (configs/targets): trt10-legacy (TensorRT 10.0 to 10.x, the former demo's V2 plugin "
+             "versions), trt10 (TensorRT 10.6 to 10.x, IPluginV3 versions), trt11 (TensorRT 11, strongly typed: FP16 "
+             "and INT8 in the graph). Give surgery and build the same one.")(func)
 
 
 def precision_option(func=None, *, help: str | None = None, tolerances: bool = False):
@@ -88,16 +88,32 @@ def vocab_option(func):
                              "models and NGC's checkpoints use].")(func)
 
 
+def writable(ctx, param, value, folder: bool = False):
+    """A click callback for an option naming a file (``folder``: a folder) to write: refused before the work,
+    not after it (a folder or file in its place, a file where its folder should be, no permission to write)."""
+    from bertrt.atomic import check_destination, check_folder_destination
+
+    if value is not None:  # a BertrtError here is one line naming the path, as any bad input's (bertrt.cli)
+        (check_folder_destination if folder else check_destination)(value)
+    return value
+
+
+def writable_folder(ctx, param, value):
+    return writable(ctx, param, value, folder=True)
+
+
 def out_option(help: str, *, required: bool = True, default: str | None = None, folder: bool = False):
     """``-o/--out``: what the command writes."""
-    kind = click.Path(file_okay=False) if folder else click.Path(dir_okay=False)
-    return click.option("-o", "--out", type=kind, required=required and default is None, default=default,
-                        show_default=default is not None, help=help)
+    # A plain Path: what is in its place is the callback's to refuse, as one line naming it.
+    return click.option("-o", "--out", type=click.Path(), metavar="DIR" if folder else "FILE",
+                        required=required and default is None, default=default, show_default=default is not None,
+                        help=help, callback=writable_folder if folder else writable)
 
 
 def report_option(help: str):
     """``--report``: also write what the command found or measured, as JSON."""
-    return click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help=help)
+    return click.option("--report", "report_path", type=click.Path(), metavar="FILE", default=None, help=help,
+                        callback=writable)
 
 
 def amax_option(help: str = "JSON {tensor: amax} (bertrt calibrate ranges): the scales of plugin nodes that run "

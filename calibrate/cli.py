@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from bertrt.calib_cache import ALGORITHMS, DEFAULT_ALGORITHM
 from bertrt.errors import BertrtError
 from bertrt.options import amax_option, batch_option
 from bertrt.options import log as _log
@@ -16,7 +17,7 @@ from bertrt.options import out_option, report_option, reporter, seq_option, squa
 def _name_map(path):
     if path is None:
         return None
-    from bertrt.ranges import read_name_map
+    from bertrt.name_map import read_name_map
 
     return read_name_map(path)
 
@@ -204,9 +205,7 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 @calibrate.command("cache")
 @click.argument("ranges", type=click.Path(path_type=Path))
 @click.option("--trt-version", required=True, help="TensorRT version the cache is for, e.g. 10.16 or 8.6.1.")
-@click.option("--algorithm", type=click.Choice(["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration",
-                                                "LegacyCalibration"]),
-              default="EntropyCalibration2", show_default=True,
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM, show_default=True,
               help="Algorithm named in the header; TensorRT reuses a cache only for the same calibrator type.")
 @click.option("--name-map", type=click.Path(dir_okay=False),
               help="JSON canonical tensor name -> fused tensor names (bertrt surgery run --name-map).")
@@ -214,7 +213,7 @@ def smooth_cmd(model, squad_json, npz_dir, calib_num, vocab, seq, float_groups, 
 @out_option("TensorRT calibration cache to write.")
 def cache_cmd(ranges, trt_version, algorithm, name_map, keep_unmapped, out):
     """Write RANGES (a ranges JSON, bertrt calibrate ranges) as a TensorRT calibration cache (scale = amax / 127)."""
-    from bertrt.calibrate.cache import write_cache
+    from bertrt.calib_cache import write_cache
     from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges)
@@ -239,18 +238,27 @@ def qdq_cmd(model, ranges_path, skip, float_groups, allow_missing, out):
     already: they are kept as they are, its activations get Q/DQ from the ranges (`calibrate qat`), and its
     GEMMs with a float weight (the QA head) stay in float, as in the model.
     """
-    from bertrt.calibrate.qdq import insert_qdq
+    from bertrt.calibrate.qdq import MissingRanges, insert_qdq
     from bertrt.onnx_io import load_model, save_model
+    from bertrt.plugins.specs import graph_typing_problems
     from bertrt.ranges import read_ranges
 
     amax = read_ranges(ranges_path)
     proto = load_model(model)
+    typing = graph_typing_problems(proto)  # a Q/DQ graph is for TensorRT 11, whose networks are strongly typed
+    if typing:
+        more = f" (and {len(typing) - 1} more)" if len(typing) > 1 else ""
+        raise BertrtError(f"its plugin nodes are typed for a weakly typed TensorRT 10 build, and TensorRT 11 (strongly "
+                          f"typed) would find no implementation: {typing[0]}{more}", model,
+                          hint="quantize the graph of `bertrt surgery run --target trt11` instead")
     try:
         if float_groups:
             from bertrt.calibrate.mixed import float_gemms
 
             skip = [*skip, *float_gemms(proto, _groups(float_groups))]
         quantized, report = insert_qdq(proto, amax, skip_nodes=skip, allow_missing=allow_missing)
+    except MissingRanges as e:  # the ranges file's problem, not the model's
+        raise e.at(ranges_path) from None
     except BertrtError as e:
         raise e.at(model) from None
     if not report.quantized:
@@ -281,7 +289,8 @@ def qat_cmd(model, name_map, fill_path, out):
     """
     from bertrt.calibrate.qat import fill_ranges, qat_ranges
     from bertrt.onnx_io import load_model
-    from bertrt.ranges import apply_name_map, read_ranges, write_ranges
+    from bertrt.name_map import apply_name_map
+    from bertrt.ranges import read_ranges, write_ranges
 
     proto = load_model(model)
     result = qat_ranges(proto, model)

@@ -57,9 +57,7 @@ def first_features(squad_json: str | os.PathLike, vocab: str | os.PathLike, seq:
     """The first feature (as inference makes it) of each of the first ``num`` questions of a SQuAD-format file."""
     if num < 1:
         raise BertrtError(f"number of {what} must be at least 1, got {num}")
-    examples = read_squad(squad_json, check_answers=False)
-    if not examples:
-        raise BertrtError("no questions in the file", squad_json)
+    examples = read_squad(squad_json, check_answers=False)  # refuses a file without questions
     tokenizer = load_tokenizer(vocab)
     return [example_features(tokenizer, ex.question_text, ex.doc_words, max_seq_length=seq, doc_stride=doc_stride,
                              max_query_length=max_query_length, example_index=i)[0]

@@ -35,20 +35,28 @@ class QdqReport:
     activations: dict[str, float] = field(default_factory=dict)  # activation tensor -> scale
 
 
+class MissingRanges(BertrtError):
+    """The ranges lack tensors the graph quantizes: a problem of the ranges file (the caller names it)."""
+
+
 def symmetric_scale(amax: np.ndarray | float) -> np.ndarray:
     """amax / 127 in float32; a zero range gets scale 1 (the tensor is all zeros, any scale represents it)."""
     amax = np.asarray(amax, dtype=np.float64)
     return np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weight, float32 per-channel scale) with channels along ``axis``; values in [-127, 127]."""
+def quantize_weight(w: np.ndarray, axis: int, scale_dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, per-channel scale in ``scale_dtype``) with channels along ``axis``; values in [-127, 127].
+
+    The weight is rounded with the scale as the graph stores it (float16 in a float16 graph): TensorRT
+    dequantizes with that one, so rounding with the float32 scale would put each value off its grid by up to
+    the float16 rounding of the scale."""
     w = np.asarray(w, dtype=np.float32)
     reduce = tuple(i for i in range(w.ndim) if i != axis)
-    scale = symmetric_scale(np.max(np.abs(w), axis=reduce))
+    scale = symmetric_scale(np.max(np.abs(w), axis=reduce)).astype(scale_dtype)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    q = np.clip(np.rint(w / scale.astype(np.float32).reshape(shape)), -QMAX, QMAX).astype(np.int8)
     return q, scale
 
 
@@ -74,8 +82,8 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
     missing = sorted({act for name, act in targets.items() if name not in skip and act not in amax})
     if missing and not allow_missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise BertrtError(f"no range for {len(missing)} GEMM input tensor(s) of the model: {shown} "
-                          f"(ranges computed on another graph? map the names, or allow missing ones)")
+        raise MissingRanges(f"no range for {len(missing)} GEMM input tensor(s) of the model: {shown} "
+                            f"(ranges computed on another graph? map the names, or allow missing ones)")
     graph = gs.import_onnx(model)
     opset = graph.opset
     if opset < 13:
@@ -112,8 +120,8 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], *, skip_nodes:
             continue
         ftype = w.dtype  # the GEMM's float type: its activation has the same one
         if weight.name not in wq_of:
-            q, scale = quantize_weight(w, axis)
-            wq_of[weight.name] = dequantize_weight(graph, weight.name, q, scale.astype(ftype), axis)
+            q, scale = quantize_weight(w, axis, ftype)
+            wq_of[weight.name] = dequantize_weight(graph, weight.name, q, scale, axis)
         node.inputs[0] = _activation_qdq(graph, node.inputs[0], amax, dq_of, report, ftype)
         node.inputs[1] = wq_of[weight.name]
         report.quantized.append(node.name)
@@ -142,7 +150,11 @@ def _activation_qdq(graph: gs.Graph, act: gs.Variable, amax: Mapping[str, float]
                     ftype) -> gs.Variable:
     """The dequantized copy of a GEMM input (one per activation, shared by the GEMMs reading it)."""
     if act.name not in dq_of:
-        scale = symmetric_scale(amax[act.name]).astype(ftype)
+        with np.errstate(over="ignore"):
+            scale = symmetric_scale(amax[act.name]).astype(ftype)
+        if not np.isfinite(scale) or scale <= 0:  # a range float32 holds may be past float16's (65504 * 127)
+            raise MissingRanges(f"amax of '{act.name}' is {amax[act.name]}: its scale amax / 127 is not a positive "
+                                f"finite {np.dtype(ftype).name}, the graph's type")
         dq_of[act.name] = _qdq(graph, act, scale)
         report.activations[act.name] = float(scale)
     return dq_of[act.name]

@@ -140,6 +140,9 @@ def calibrate(model_path: str | os.PathLike, feeds: list[Feed], *, method: str =
         if not np.isfinite(value):
             raise BertrtError(f"tensor {name} has a non-finite range ({value}); the model overflows on the "
                               f"calibration data", model_path)
+        if value == 0:  # no INT8 scale fits an all-zero tensor (bertrt.ranges.check_amax); it stays in float
+            notes.append(f"{name}: all zeros on the calibration data; no range (it stays in float)")
+            continue
         amax[name] = value
     if gelu_clamp:
         for name, role in tensors.items():

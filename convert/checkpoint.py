@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class BertConfig:
         missing = [k for k in keys if k not in d]
         if missing:
             raise BertrtError(f"BERT config lacks {', '.join(missing)}", path)
+        for k in keys + ["type_vocab_size", "max_position_embeddings"]:
+            if k in d and (isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 1):
+                raise BertrtError(f"BERT config's {k} is {json.dumps(d[k])}, expected a positive integer", path)
         cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         if cfg.hidden_size % cfg.num_attention_heads:
             raise BertrtError(f"hidden_size {cfg.hidden_size} is not divisible by "
@@ -159,6 +163,11 @@ def read_weights(prefix: str, cfg: BertConfig) -> dict[str, np.ndarray]:
     except Exception as e:  # TF raises several types for a damaged bundle
         raise BertrtError(f"cannot read TF checkpoint: {str(e).splitlines()[0]}", prefix)
     have = reader.get_variable_to_shape_map()
+    # The config and the weights must agree exactly: a config of fewer layers would leave the rest unread.
+    layers = {int(m[1]) for m in (re.match(r"bert/encoder/layer_(\d+)/", n) for n in have) if m}
+    if layers and len(layers) != cfg.num_hidden_layers:
+        raise BertrtError(f"the checkpoint has {len(layers)} encoder layers but the config says num_hidden_layers "
+                          f"{cfg.num_hidden_layers}", prefix)
     weights = {}
     for name, shape in required_shapes(cfg).items():
         if name not in have:

@@ -17,9 +17,9 @@ from onnx import helper
 
 from bertrt.contract import INPUT_MASK
 from bertrt.errors import BertrtError
+from bertrt.ort_check import PROBE_SEQ, quiet_options
+from bertrt.ort_check import ort_message as _ort_message
 from bertrt.sanitize import SHAPE_VALUE_ELEMENTS
-
-PROBE_SEQ = 8  # a sequence length every BERT can run: shorter than any position table
 
 
 def check_source(model: onnx.ModelProto, src: Path) -> None:
@@ -46,6 +46,24 @@ def check_source(model: onnx.ModelProto, src: Path) -> None:
         onnx.checker.check_model(light)
     except (onnx.checker.ValidationError, ValueError) as e:
         raise BertrtError(f"not a valid ONNX model: {_first_line(e)}", src)
+    for t in big:  # what the checker would have said of them: their bytes must fit their type and shape
+        size = _item_size(t.data_type)
+        if t.HasField("raw_data") and size and len(t.raw_data) != math.prod(t.dims) * size:
+            raise BertrtError(f"not a valid ONNX model: initializer {t.name} holds {len(t.raw_data)} bytes, its type "
+                              f"{onnx.TensorProto.DataType.Name(t.data_type)} and shape {list(t.dims)} need "
+                              f"{math.prod(t.dims) * size}", src)
+
+
+def _item_size(data_type: int) -> int | None:
+    """Bytes per element in raw_data, or None for types not stored one whole byte-sized item each (strings,
+    4-bit types) or unknown here."""
+    if data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING, onnx.TensorProto.INT4,
+                     onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1):
+        return None
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def check_inference_mode(model: onnx.ModelProto, src: Path) -> None:
@@ -74,9 +92,7 @@ def run_once(model: onnx.ModelProto, src: Path, seq: int | None = None, path: Pa
 
     B, S = probe_shape(model, seq)
     feeds = {i.name: (np.ones if i.name == INPUT_MASK else np.zeros)((B, S), np.int32) for i in model.graph.input}
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options = quiet_options(optimize=False)
     try:
         session = ort.InferenceSession(os.fspath(path) if path is not None else model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
@@ -108,9 +124,7 @@ def source_output_shapes(model: onnx.ModelProto, src: Path) -> dict[str, tuple]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         fill = np.ones if "mask" in i.name.lower() else np.zeros
         feeds[i.name] = fill(shape, dtype)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options = quiet_options(optimize=False)
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(None, feeds)
@@ -119,10 +133,6 @@ def source_output_shapes(model: onnx.ModelProto, src: Path) -> dict[str, tuple]:
     return {o.name: v.shape for o, v in zip(session.get_outputs(), values)}
 
 
-def _ort_message(e: Exception) -> str:
-    # ORT's messages start with "[ONNXRuntimeError] : 1 : FAIL : " and name the node; keep the reason.
-    text = _first_line(e)
-    return text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
 
 
 def _first_line(e: Exception) -> str:

@@ -74,6 +74,10 @@ def read_scalar_attrs(node) -> dict[str, Attr]:
     if isinstance(node, gs.Node):
         light = {k: v for k, v in node.attrs.items() if not isinstance(v, (gs.Constant, np.ndarray))}
         node = gs.Node(op=node.op, name=node.name, attrs=light, domain=node.domain)
+    else:  # a NodeProto's weights are not decoded either (read_skeleton's have no data to decode)
+        light = onnx.NodeProto(op_type=node.op_type, name=node.name, domain=node.domain)
+        light.attribute.extend(a for a in node.attribute if a.type != AttributeProto.TENSOR)
+        node = light
     return {k: a for k, a in read_attrs(node).items() if a.kind != "TENSOR"}
 
 

@@ -153,7 +153,7 @@ class ReferenceRunner:
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a failure is reported from its exception, in one line (bertrt.ort_check)
         # Many sessions take turns with numpy: idle pool threads must sleep, not spin, or they starve the rest.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Each session's arena would keep its largest activations for good: dozens of segments times a batch's

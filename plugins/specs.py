@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from bertrt.plugins.nodes import (EMB_LAYER_NORM, FC, GELU, PLUGIN_DOMAIN, QKV_TO_CONTEXT, SKIP_LAYER_NORM,
-                                  TYPE_FP16, TYPE_INT8, as_node_proto, read_attrs,
+                                  TYPE_FP16, TYPE_FP32, TYPE_INT8, as_node_proto, read_attrs,
                                   read_scalar_attrs)
 from bertrt.plugins.shapes import GraphInfo
 
@@ -59,6 +60,9 @@ class PluginSpec:
     hidden_from: str | None = None  # the field whose value (int) or length (weights) is E
     emitted: bool = True
     why_not: str = ""
+    # The TensorRT release whose plugin library has it (§3: the IPluginV3 versions came in 10.4-10.6; the V2 ones
+    # were all in 8.6, the oldest release the spec covers).
+    since: str = "8.6"
     # "fixed": padded [S, B, ...] tensors; "varseqlen": packed tokens [T, ...]; "interleaved": packed INT8
     # [1, C, T, 1] CHW32.
     layout: str = "fixed"
@@ -252,27 +256,29 @@ _SKIP_MTRON = dict(_SKIP_INTERLEAVED, outputs=(TensorSpec("output", 4, "int8", "
 
 V2, V3 = "IPluginV2DynamicExt", "IPluginV3"
 
+# (plugin, version, interface, variant, properties, the TensorRT release that added it)
+
 _TABLE = [
-    (EMB_LAYER_NORM, "1", V2, "fixed length", _EMB_FIXED),
-    (EMB_LAYER_NORM, "2", V2, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
-    (EMB_LAYER_NORM, "3", V2, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}),
-    (EMB_LAYER_NORM, "4", V3, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}),
-    (EMB_LAYER_NORM, "5", V3, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}),
-    (EMB_LAYER_NORM, "6", V3, "fixed length", _EMB_FIXED),
-    (QKV_TO_CONTEXT, "1", V2, "fixed length", _QKV_FIXED),
-    (QKV_TO_CONTEXT, "2", V2, "var-seqlen capable", _QKV_VAR),
-    (QKV_TO_CONTEXT, "3", V2, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED),
-    (QKV_TO_CONTEXT, "4", V3, "fixed length", _QKV_FIXED),
-    (QKV_TO_CONTEXT, "5", V3, "var-seqlen capable", _QKV_VAR),
-    (QKV_TO_CONTEXT, "6", V3, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED),
-    (SKIP_LAYER_NORM, "1", V2, "fixed length", _SKIP_FIXED),
-    (SKIP_LAYER_NORM, "2", V2, "var-seqlen", _SKIP_VAR),
-    (SKIP_LAYER_NORM, "3", V2, "INT8 interleaved HFace", _SKIP_HFACE),
-    (SKIP_LAYER_NORM, "4", V2, "INT8 interleaved MTron", _SKIP_MTRON),
-    (SKIP_LAYER_NORM, "5", V3, "fixed length", _SKIP_FIXED),
-    (SKIP_LAYER_NORM, "6", V3, "var-seqlen", _SKIP_VAR),
-    (SKIP_LAYER_NORM, "7", V3, "INT8 interleaved HFace", _SKIP_HFACE),
-    (SKIP_LAYER_NORM, "8", V3, "INT8 interleaved MTron", _SKIP_MTRON),
+    (EMB_LAYER_NORM, "1", V2, "fixed length", _EMB_FIXED, "8.6"),
+    (EMB_LAYER_NORM, "2", V2, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}, "8.6"),
+    (EMB_LAYER_NORM, "3", V2, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}, "8.6"),
+    (EMB_LAYER_NORM, "4", V3, "var-seqlen HFace", {**_EMB_VAR, "outputs": _EMB_HFACE_OUT}, "10.4"),
+    (EMB_LAYER_NORM, "5", V3, "var-seqlen MTron", {**_EMB_VAR, "outputs": _EMB_MTRON_OUT}, "10.4"),
+    (EMB_LAYER_NORM, "6", V3, "fixed length", _EMB_FIXED, "10.6"),
+    (QKV_TO_CONTEXT, "1", V2, "fixed length", _QKV_FIXED, "8.6"),
+    (QKV_TO_CONTEXT, "2", V2, "var-seqlen capable", _QKV_VAR, "8.6"),
+    (QKV_TO_CONTEXT, "3", V2, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED, "8.6"),
+    (QKV_TO_CONTEXT, "4", V3, "fixed length", _QKV_FIXED, "10.5"),
+    (QKV_TO_CONTEXT, "5", V3, "var-seqlen capable", _QKV_VAR, "10.5"),
+    (QKV_TO_CONTEXT, "6", V3, "INT8 interleaved var-seqlen", _QKV_INTERLEAVED, "10.5"),
+    (SKIP_LAYER_NORM, "1", V2, "fixed length", _SKIP_FIXED, "8.6"),
+    (SKIP_LAYER_NORM, "2", V2, "var-seqlen", _SKIP_VAR, "8.6"),
+    (SKIP_LAYER_NORM, "3", V2, "INT8 interleaved HFace", _SKIP_HFACE, "8.6"),
+    (SKIP_LAYER_NORM, "4", V2, "INT8 interleaved MTron", _SKIP_MTRON, "8.6"),
+    (SKIP_LAYER_NORM, "5", V3, "fixed length", _SKIP_FIXED, "10.4"),
+    (SKIP_LAYER_NORM, "6", V3, "var-seqlen", _SKIP_VAR, "10.4"),
+    (SKIP_LAYER_NORM, "7", V3, "INT8 interleaved HFace", _SKIP_HFACE, "10.4"),
+    (SKIP_LAYER_NORM, "8", V3, "INT8 interleaved MTron", _SKIP_MTRON, "10.4"),
 ]
 
 _NOT_EMITTED = [
@@ -291,8 +297,8 @@ _NOT_EMITTED = [
 
 def _build() -> dict[tuple[str, str], PluginSpec]:
     specs = {}
-    for plugin, version, iface, variant, d in _TABLE:
-        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, **d)
+    for plugin, version, iface, variant, d, since in _TABLE:
+        specs[plugin, version] = PluginSpec(plugin, version, iface, variant, **d, since=since)
     for plugin, version, iface, variant, d, why in _NOT_EMITTED:
         specs[plugin, version] = PluginSpec(plugin, version, iface, variant, **d, emitted=False, why_not=why)
     return specs
@@ -349,13 +355,20 @@ def field_values(spec: PluginSpec, node) -> dict[str, object]:
     return out
 
 
-def validate(node, graph=None) -> list[str]:
+def validate(node, graph=None, strongly_typed: bool = False) -> list[str]:
     """Every problem TensorRT's parser or plugin would have with this node, each with its reason.
 
     ``node`` is an onnx NodeProto or an onnx-graphsurgeon Node; ``graph`` (a ModelProto, GraphProto or
-    gs.Graph) adds checks of input ranks, dtypes and producers, and of the model's opset_import.
-    An empty list means the node is valid.
+    gs.Graph) adds checks of input ranks, dtypes and producers, and of the model's opset_import;
+    ``strongly_typed`` (a trt11 build) those of ``typing_problems``. An empty list means the node is valid.
     """
+    problems = _validate(node, graph)
+    if strongly_typed and graph is not None:
+        problems += typing_problems(node, graph)
+    return problems
+
+
+def _validate(node, graph) -> list[str]:
     proto = as_node_proto(node)  # one form for both; attributes read exactly as they will be saved
     proto_op, domain = proto.op_type, proto.domain
     attrs = read_attrs(proto)
@@ -399,6 +412,79 @@ def validate(node, graph=None) -> list[str]:
         return problems
     problems += _RULES[spec.plugin](spec, values, E, list(proto.input), list(proto.output), info)
     return problems
+
+
+# What a TensorSpec's dtype rule asks of the tensor, given the node's type field (nvinfer1::DataType).
+_TYPE_ID_DTYPES = {TYPE_FP32: "float32", TYPE_FP16: "float16", TYPE_INT8: "int8"}
+_TYPE_NAMES = {TYPE_FP32: "FP32", TYPE_FP16: "FP16", TYPE_INT8: "INT8"}
+
+
+def typing_problems(node, graph) -> list[str]:
+    """In a strongly typed network (TensorRT 11's only kind) TensorRT converts no types for a plugin: each
+    input must arrive in the type its ``type_id`` names (qkvToContextPlugin, skipLayerNormPlugin:
+    supportsFormatCombination), and EmbLayerNorm's output is FP16 exactly when ``output_fp16`` = 1. A graph
+    whose declared tensor types disagree with its plugin fields finds no implementation. Reads the scalar
+    fields only, so a node without its weights (``graph_io.read_skeleton``) is checked as well."""
+    spec = spec_of(node)
+    if spec is None or not spec.emitted:
+        return []
+    info = GraphInfo.of(graph)
+    attrs = read_scalar_attrs(node)
+    proto = node if not isinstance(node, gs.Node) else None
+    inputs = list(proto.input) if proto is not None else [t.name for t in node.inputs]
+    outputs = list(proto.output) if proto is not None else [t.name for t in node.outputs]
+    problems = []
+    for kind, names, specs in (("input", inputs, spec.inputs), ("output", outputs, spec.outputs)):
+        for i, (name, t) in enumerate(zip(names, specs)):
+            if not name or t.dtype not in ("type_id", "output_fp16", "int8"):
+                continue
+            if t.dtype == "int8":
+                want, why = "int8", f"{spec.plugin} v{spec.version} runs INT8 only"
+            else:
+                field = spec.field(t.dtype)
+                a = attrs.get(t.dtype)
+                value = a.value if a is not None and a.kind == "INT" else field.default if field else None
+                if t.dtype == "output_fp16":
+                    want = "float16" if value == 1 else "float32"
+                    why = f"output_fp16 = {value or 0}"
+                elif value in _TYPE_ID_DTYPES:
+                    want = _TYPE_ID_DTYPES[value]
+                    why = f"type_id = {value} ({_TYPE_NAMES[value]})"
+                else:
+                    continue  # an unreadable type_id is the validator's to report
+            have = declared_dtype(info, name)
+            if have is not None and have != want:
+                problems.append(f"{kind} {i} ({t.name}) {name} is {have}, but {why} needs {want}: a strongly typed "
+                                "network converts no types for a plugin")
+    return problems
+
+
+def graph_typing_problems(graph) -> list[str]:
+    """``typing_problems`` of every plugin node of a model (or gs graph), each as "<node>: <problem>"."""
+    from bertrt.plugins.nodes import is_plugin_node
+
+    info = GraphInfo.of(graph)
+    nodes = graph.nodes if isinstance(graph, gs.Graph) else graph.graph.node
+    return [f"{n.name}: {p}" for n in nodes if is_plugin_node(n) for p in typing_problems(n, info)]
+
+
+def declared_dtype(info: GraphInfo, name: str) -> str | None:
+    """The dtype the graph gives a tensor: declared (value_info, inputs, initializers), else what its producer
+    makes (a Cast's ``to``; a DequantizeLinear's scale type), else None (unknown)."""
+    dt = info.dtype(name)
+    if dt is not None:
+        return dt
+    prod = info.producer(name)
+    if prod is None:
+        return None
+    op = prod.op if isinstance(prod, gs.Node) else prod.op_type
+    if op == "Cast":
+        to = read_scalar_attrs(prod).get("to")
+        return np.dtype(helper.tensor_dtype_to_np_dtype(to.value)).name if to is not None and to.kind == "INT" else None
+    if op == "DequantizeLinear":
+        ins = [t.name for t in prod.inputs] if isinstance(prod, gs.Node) else list(prod.input)
+        return info.dtype(ins[1]) if len(ins) > 1 else None
+    return None
 
 
 def _check_fields(spec: PluginSpec, attrs) -> tuple[list[str], list[str]]:

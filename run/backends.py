@@ -69,6 +69,7 @@ class InputShape:
     varseqlen: bool = False
     max_batch: int | None = None  # the largest batch it takes at once (engines: the profiles' max)
     max_seqlen: int = MAX_SEQLEN  # var-seqlen: the longest sequence the model computes
+    positions: int | None = None  # a free sequence axis: the position table's rows, which no sequence may pass
 
     def describe(self) -> str:
         b = self.batch if self.batch is not None else (f"1..{self.max_batch}" if self.max_batch else "any")
@@ -100,6 +101,7 @@ class Backend:
         self.path = None if path is None else os.fspath(path)
         self.input_shape = input_shape
         self.vocab_size = vocab_size or VOCAB_SIZE
+        self.model_vocab = vocab_size  # the embedding table's rows, where the model says
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits float32 [B, S, 2] for canonical int32 [B, S] feeds."""
@@ -108,7 +110,13 @@ class Backend:
         if shape.seq is not None and S != shape.seq:
             raise BertrtError(f"the model takes sequence length {shape.seq}, got {S}",
                               self.path)
+        if shape.positions is not None and S > shape.positions:
+            raise BertrtError(f"seq {S} is longer than the model's {shape.positions} positions", self.path)
         feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.int32) for n in CANONICAL_INPUTS}
+        top = int(feeds["input_ids"].max(initial=0))
+        if self.model_vocab and top >= self.model_vocab:
+            raise BertrtError(f"token id {top} is past the model's {self.model_vocab} embedding rows (a vocabulary "
+                              "other than the model's?)", self.path)
         step = shape.batch or shape.max_batch or B
         outs = []
         for start in range(0, B, step):
@@ -118,14 +126,26 @@ class Backend:
                 chunk = {k: np.concatenate([a, np.zeros((shape.batch - n, S), np.int32)]) for k, a in chunk.items()}
             if shape.varseqlen:
                 packed = pack_varseqlen(chunk, max_len=shape.max_seqlen, path=self.path)
-                logits = unpack_varseqlen(self._run(packed), chunk["input_mask"])
+                logits = unpack_varseqlen(self._guarded(packed), chunk["input_mask"])
             else:
-                logits = np.asarray(self._run(chunk), dtype=np.float32).reshape(chunk["input_ids"].shape + (2,))
+                logits = np.asarray(self._guarded(chunk), dtype=np.float32).reshape(chunk["input_ids"].shape + (2,))
             outs.append(logits[:n])
         return np.concatenate(outs).astype(np.float32, copy=False)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+    def _guarded(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """_run, with the runtime's own failure on this model as one line naming it and the cause."""
+        try:
+            return self._run(feeds)
+        except BertrtError:
+            raise
+        except Exception as e:  # ONNX Runtime, the reference or TensorRT failing on the model: not a bug here
+            from bertrt.ort_check import ort_message
+
+            shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+            raise BertrtError(f"{self.name} cannot run it on {shapes}: {ort_message(e)}", self.path) from None
 
     def close(self) -> None:
         pass
@@ -157,7 +177,9 @@ def onnx_input_shape(model, path=None) -> InputShape:
             for d in inputs["input_ids"].type.tensor_type.shape.dim]
     if len(dims) != 2:
         raise BertrtError(f"input 'input_ids' must be [batch, seq], has rank {len(dims)}", path)
-    return InputShape(dims[0], dims[1])
+    from bertrt.run.packing import position_rows
+
+    return InputShape(dims[0], dims[1], positions=position_rows(model) if dims[1] is None else None)
 
 
 def _output_name(model, path) -> str:
@@ -183,7 +205,7 @@ class OrtBackend(Backend):
         self.output = _output_name(model, path)
         del model  # the session reads the file itself: a model loaded here is not kept beside it
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a failure's reason is in its error (one line); its log would be a second
         if threads:
             opts.intra_op_num_threads = threads
         try:
@@ -266,6 +288,24 @@ def engine_profiles(engine, input_name: str) -> list[tuple[tuple, tuple, tuple]]
             for i in range(engine.num_optimization_profiles)]
 
 
+def profile_max_seqlen(profiles) -> int:
+    """The longest sequence a var-seqlen engine was built for: the least of its profiles' largest max_seqlen
+    (``bertrt build`` caps that at the model's position table; packing past it would read past the table)."""
+    return min(hi[0] for _lo, _opt, hi in profiles)
+
+
+def engine_input_shape(profiles_of, varseqlen: bool) -> InputShape:
+    """What an engine takes, from its optimization profiles (``profiles_of(input name)`` -> (min, opt, max) per
+    profile). A var-seqlen engine packs no sequence past its max_seqlen profile, not the plugins' 384."""
+    if varseqlen:
+        cu = profiles_of("cu_seqlens")
+        return InputShape(None, None, varseqlen=True, max_batch=max(hi[0] for _, _, hi in cu) - 1,
+                          max_seqlen=profile_max_seqlen(profiles_of("max_seqlen")))
+    profiles = profiles_of("input_ids")
+    seqs = {s for lo, _, hi in profiles for s in (lo[1], hi[1])}
+    return InputShape(None, seqs.pop() if len(seqs) == 1 else None, max_batch=max(hi[0] for _, _, hi in profiles))
+
+
 def pick_profile(profiles, shape: tuple[int, ...]) -> int | None:
     """The first profile whose min ≤ shape ≤ max in every dimension (the former demo's rule), else None."""
     for index, (lo, _opt, hi) in enumerate(profiles):
@@ -294,14 +334,7 @@ class TrtBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         varseqlen = "cu_seqlens" in inputs
         self.profiles = engine_profiles(engine, "input_ids")
-        if varseqlen:
-            cu = engine_profiles(engine, "cu_seqlens")
-            shape = InputShape(None, None, varseqlen=True, max_batch=max(hi[0] for _, _, hi in cu) - 1)
-        else:
-            seqs = {s for lo, _, hi in self.profiles for s in (lo[1], hi[1])}
-            shape = InputShape(None, seqs.pop() if len(seqs) == 1 else None,
-                               max_batch=max(hi[0] for _, _, hi in self.profiles))
-        super().__init__(path, shape)
+        super().__init__(path, engine_input_shape(lambda name: engine_profiles(engine, name), varseqlen))
         self.output = "logits" if "logits" in names else next(n for n in names if n not in inputs)
         self._profile = 0
 

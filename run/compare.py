@@ -238,9 +238,14 @@ def _runner(model: onnx.ModelProto, label: str, amax, backend: str = "auto", trt
         from bertrt.plugins.poly_runner import BertrtRefRunner
 
         return BertrtRefRunner(model, amax=amax, name=f"{label}:bertrt-ref"), "bertrt-ref"
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(SessionFromOnnx(model.SerializeToString(), providers=["CPUExecutionProvider"]),
+    from bertrt.ort_check import quiet_options
+
+    data = model.SerializeToString()
+    # Polygraphy's SessionFromOnnx keeps ONNX Runtime's log on: a failure would print it beside the Error line.
+    return OnnxrtRunner(lambda: ort.InferenceSession(data, quiet_options(), providers=["CPUExecutionProvider"]),
                         name=f"{label}:onnxrt"), "onnxrt"
 
 
@@ -248,8 +253,9 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
                    precision: str | None = None, atol: float | None = None, rtol: float | None = None,
                    inputs: list[dict] | str | os.PathLike | None = None,
                    amax: dict[str, float] | None = None, check_error_stat: str | None = None,
-                   as_exported: bool = False, backend: str = "auto", trt_oss=None) -> CompareResult:
-    """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs.
+                   as_exported: bool = False, backend: str = "auto", trt_oss=None, b_path=None) -> CompareResult:
+    """Run graphs ``a`` and ``b`` (paths or ModelProtos) on the same inputs and compare common outputs
+    (``b_path``: the file a loaded ``b`` came from, which a refusal names).
 
     Inputs are random (see ``random_inputs``) unless ``inputs`` gives feed dicts or a Polygraphy JSON
     path. Tolerances and the error statistic checked default by precision (``TOLERANCES``); with no precision
@@ -269,8 +275,12 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     from polygraphy.logger import G_LOGGER
 
     path_a = None if isinstance(a, onnx.ModelProto) else a
+    path_b = b_path if isinstance(b, onnx.ModelProto) else b
     ma = a if isinstance(a, onnx.ModelProto) else load_model(a)
     mb = b if isinstance(b, onnx.ModelProto) else load_model(b)
+    for m, p in ((ma, path_a), (mb, path_b)):
+        _check_runnable(m, p)
+        check_seq(m, seq, p)
     if is_packed(ma) or is_packed(mb):
         raise BertrtError("a packed (var-seqlen) model takes other inputs than a padded one: compare it with "
                           "compare_packed(padded, packed)", path_a if is_packed(ma) else None)
@@ -300,15 +310,28 @@ def compare_models(a, b, *, batch: int = 1, seq: int | None = None, seed: int = 
     feeds = _feeds(inputs, ma, mb, batch, seq, seed, iterations, path_a)
     ra, ka = _runner(ma, "A'" if exported is not None else "A", amax, backend, trt_oss)
     rb, kb = _runner(mb, "B", amax, backend, trt_oss)
-    runners = [ra, rb] + ([_runner(exported, "A", amax, backend, trt_oss)[0]] if exported is not None else [])
+    runners = [(ra, ka, path_a), (rb, kb, path_b)] + ([(*_runner(exported, "A", amax, backend, trt_oss), path_a)]
+                                                      if exported is not None else [])
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+    from polygraphy.exception import PolygraphyException
+
+    from bertrt.ort_check import ort_message
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # the table below is the report
-        try:
-            results = Comparator.run(runners, data_loader=feeds)
-        except (Fail, InvalidArgument, InvalidGraph, RuntimeException) as e:  # a graph ONNX Runtime cannot run
-            raise BertrtError(f"ONNX Runtime cannot run the graphs on these inputs: {str(e).strip().splitlines()[0]}",
-                              path_a) from None
+        results = None
+        for runner, kind, path in runners:  # one at a time: a failure names its graph
+            try:
+                one = Comparator.run([runner], data_loader=feeds)
+            except (Fail, InvalidArgument, InvalidGraph, RuntimeException, PolygraphyException) as e:  # cannot run
+                who = {"onnxrt": "ONNX Runtime", "bertrt-ref": "bertrt's reference"}.get(kind, kind)
+                first = next(iter(feeds[0].values()), None) if feeds else None
+                shape = "x".join(map(str, np.shape(first))) if first is not None else "no inputs"
+                raise BertrtError(f"{who} cannot run it on these inputs ({shape}): {ort_message(e)}",
+                                  path) from None
+            if results is None:
+                results = one
+            else:
+                results.extend(one)  # RunResults: a list of (runner name, iteration results)
         bounds = atol
         if atol is None:  # INT8 steps of each output of the reference, over every iteration
             bounds = {n: max(step_atol(it[n]) for it in results[0][1]) for n in common}
@@ -398,6 +421,9 @@ def compare_packed(padded, packed, *, batch: int = 8, seq: int | None = None, se
     path_k = None if isinstance(packed, onnx.ModelProto) else packed
     mp = padded if isinstance(padded, onnx.ModelProto) else load_model(padded)
     mk = packed if isinstance(packed, onnx.ModelProto) else load_model(packed)
+    _check_runnable(mp, path_p)
+    check_seq(mp, seq, path_p)
+    check_seq(mk, seq, path_k)
     if is_packed(mp):
         raise BertrtError("is a packed (var-seqlen) model; the reference side must take padded [batch, seq] inputs",
                           path_p)
@@ -447,18 +473,40 @@ def _failed(absdiff: np.ndarray, reldiff: np.ndarray, atol: float, rtol: float, 
 
 def default_seq(model: onnx.ModelProto) -> int:
     """DEFAULT_SEQ, or fewer where the position table has fewer rows (positions past it do not exist)."""
-    import onnx_graphsurgeon as gs
+    from bertrt.run.packing import position_rows
 
-    from bertrt.convert.onnx_intake import position_rows
-
-    for n in model.graph.node:
-        if n.op_type == EMB_LAYER_NORM:
-            attrs = {a.name: a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
-            pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
-            if pos is not None and beta is not None:
-                return min(DEFAULT_SEQ, int(np.prod(pos.dims)) // max(1, int(np.prod(beta.dims))))
-    rows = position_rows(gs.import_onnx(model))
+    rows = position_rows(model)
     return DEFAULT_SEQ if rows is None else min(DEFAULT_SEQ, rows)
+
+
+def check_seq(model: onnx.ModelProto, seq: int | None, path=None) -> None:
+    """A BertrtError if ``seq`` is longer than the model's position table (ONNX Runtime's error would name a
+    broadcast in an Add; the CPU reference would read past the table)."""
+    from bertrt.run.packing import position_rows
+
+    rows = position_rows(model) if seq is not None else None
+    if rows is not None and seq > rows:
+        raise BertrtError(f"seq {seq} is longer than the model's {rows} positions", path,
+                          hint=f"compare at {rows} tokens or fewer")
+
+
+def _check_runnable(model: onnx.ModelProto, path) -> None:
+    """A graph without plugin nodes must load into ONNX Runtime, and every graph take numbers for its inputs:
+    a refusal names the file, not the pair."""
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        elem = vi.type.tensor_type.elem_type
+        if vi.name not in inits and elem not in _NUMERIC:
+            kind = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+            raise BertrtError(f"input '{vi.name}' is of type {kind}, which no BERT input is", path)
+    if path is not None and not has_plugin_nodes(model):
+        from bertrt.ort_check import check_loads
+
+        check_loads(path)
+
+
+_NUMERIC = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BOOL, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.DOUBLE}
 
 
 def _feeds(inputs, model, other, batch, seq, seed, iterations, path, vocab_from=None) -> list[dict]:

@@ -68,7 +68,7 @@ def compare(a, b, precision, atol, rtol, check_error_stat, batch, seq, seed, ite
         raise SystemExit(0 if result.passed else 1)
     result = compare_models(a, mb, batch=batch, seq=seq, seed=seed, iterations=iterations, precision=precision,
                             atol=atol, rtol=rtol, inputs=load_inputs, amax=amax, check_error_stat=check_error_stat,
-                            as_exported=as_exported, backend=backend, trt_oss=trt_oss)
+                            as_exported=as_exported, backend=backend, trt_oss=trt_oss, b_path=b)
     for side, names in result.only_in.items():
         click.echo(f"note: only {side} has output(s) {', '.join(names)}; not compared", err=True)
     for note in result.notes:

@@ -20,19 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertrt import config as bconfig
+from bertrt.calib_cache import ALGORITHMS, parse_version, read_cache, trt_version_number, version_text
 from bertrt.contract import CANONICAL_INPUTS, DEFAULT_SEQ, PRECISIONS, VARSEQLEN_INPUTS
 from bertrt.errors import BertrtError
+from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM
 from bertrt.ranges import read_ranges
 
 DEFAULT_WORKSPACE_MB = 2500
 AVG_TIMING_ITERATIONS = 8
-# Calibration-cache header algorithm -> the TensorRT calibrator class that reads it.
-CALIBRATORS = {
-    "EntropyCalibration2": "IInt8EntropyCalibrator2",
-    "EntropyCalibration": "IInt8EntropyCalibrator",
-    "MinMaxCalibration": "IInt8MinMaxCalibrator",
-    "LegacyCalibration": "IInt8LegacyCalibrator",
-}
+# The target files' plugin keys.
+TARGET_PLUGINS = {"emb_layernorm": EMB_LAYER_NORM, "qkv_to_context": QKV_TO_CONTEXT, "skip_layernorm": SKIP_LAYER_NORM}
 
 Shape = tuple[int, ...]
 
@@ -57,6 +54,7 @@ class BuildPlan:
     avg_timing_iterations: int = AVG_TIMING_ITERATIONS
     tactic_sources: tuple[str, ...] = ()  # "+NAME" enables, "-NAME" disables a trt.TacticSource
     calibrate_before_fusion: bool = False
+    trt_version: str | None = None  # the TensorRT the plan was checked against (installed, or --trt-version)
     notes: tuple[str, ...] = field(default=())
 
     def command(self) -> str:
@@ -72,6 +70,8 @@ class BuildPlan:
             args += ["--timing-cache", self.timing_cache]
         if self.workspace_mb is not None and self.workspace_mb != DEFAULT_WORKSPACE_MB:
             args += ["--workspace", str(self.workspace_mb)]
+        if self.trt_version:
+            args += ["--trt-version", self.trt_version]
         return shlex.join(args)
 
     def describe(self) -> str:
@@ -82,7 +82,9 @@ class BuildPlan:
                                      f"calibration cache {self.calib_cache}" if self.calib_cache else
                                      "Q/DQ nodes in the graph" if self.precision == "int8" else "none"),
                  f"workspace: {f'{self.workspace_mb} MiB' if self.workspace_mb else 'unlimited'}, "
-                 f"timing cache: {self.timing_cache or 'none'}"]
+                 f"timing cache: {self.timing_cache or 'none'}",
+                 f"TensorRT: {self.trt_version}" if self.trt_version else
+                 "TensorRT: no version known (none installed, no --trt-version): the version checks were skipped"]
         for i, profile in enumerate(self.profiles):
             shapes = "; ".join(f"{n} min {lo} opt {opt} max {hi}" for n, (lo, opt, hi) in profile.items())
             lines.append(f"profile {i}: {shapes}")
@@ -104,10 +106,60 @@ def varseqlen_profiles(batches, seqs) -> tuple[dict, ...]:
                  for B in sorted(set(batches)))
 
 
+def tensorrt_range(target: str) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """(oldest, first unsupported or None) TensorRT release of a target: its own bounds (configs/targets), and
+    no older than the release that added its plugin versions (plugins/specs.py)."""
+    from bertrt.plugins.specs import get_spec
+
+    spec = bconfig.target(target)
+    bounds = spec.get("tensorrt") or {}
+    oldest = parse_version(bounds.get("min", "0.0"))
+    for layout in spec["plugins"].values():
+        for key, version in layout.items():
+            oldest = max(oldest, parse_version(get_spec(TARGET_PLUGINS[key], version).since))
+    below = bounds.get("below")
+    return oldest, None if below is None else parse_version(below)
+
+
+def _in_range(target: str, have: tuple[int, int, int]) -> bool:
+    oldest, below = tensorrt_range(target)
+    return have >= oldest and (below is None or have < below)
+
+
+def check_trt_version(target: str, trt_version: str, path=None) -> None:
+    """A BertrtError unless TensorRT ``trt_version`` is in the target's range; its hint names the targets that
+    are for that TensorRT, or says that none is."""
+    have = parse_version(trt_version)
+    if _in_range(target, have):
+        return
+    oldest, below = tensorrt_range(target)
+    span = f"{_text(oldest)} or newer" if below is None else f"{_text(oldest)} to {below[0] - 1}.x" \
+        if below[1:] == (0, 0) else f"{_text(oldest)} up to (not including) {_text(below)}"
+    fits = [name for name in bconfig.names("targets") if _in_range(name, have)]
+    if fits:
+        hint = (f"for TensorRT {trt_version} use --target {' or '.join(fits)} (bertrt surgery run --target, then "
+                "build with the same one)")
+    else:
+        first = min(bconfig.names("targets"), key=lambda name: tensorrt_range(name)[0])
+        hint = f"no target of bertrt is for TensorRT {trt_version} (the oldest, {first}, needs " \
+               f"{_text(tensorrt_range(first)[0])})"
+    raise BertrtError(f"target {target} is for TensorRT {span}, not {trt_version}", path, hint=hint)
+
+
+def _text(version: tuple[int, int, int]) -> str:
+    return f"{version[0]}.{version[1]}" + (f".{version[2]}" if version[2] else "")
+
+
 def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(DEFAULT_SEQ,), varseqlen: bool = False,
               has_qdq: bool = False, ranges=None, calib_cache=None, timing_cache=None,
-              workspace_mb: int | None = None) -> BuildPlan:
-    """The build configuration for a target and precision; a BertrtError for a combination that cannot work."""
+              workspace_mb: int | None = None, trt_version: str | None = None,
+              max_seq: int | None = None, positions: int | None = None) -> BuildPlan:
+    """The build configuration for a target and precision; a BertrtError for a combination that cannot work.
+
+    ``trt_version``: the TensorRT to build with (checked against the target's range, and the calibration
+    cache's header against it); ``max_seq``: the longest sequence the graph computes (its position table;
+    the var-seqlen plugins' limit), which no profile may pass; ``positions``: the rows of its position table.
+    """
     if precision not in PRECISIONS:
         raise BertrtError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     batches, seqs = tuple(sorted(set(batches))), tuple(sorted(set(seqs)))
@@ -115,6 +167,14 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
         raise BertrtError("batch sizes and sequence lengths must be positive integers")
     spec = bconfig.target(target)
     strongly_typed = bool(spec.get("strongly_typed", False))
+    if trt_version is not None:
+        check_trt_version(target, trt_version, onnx)
+    if max_seq is not None and max(seqs) > max_seq:
+        # TensorRT's kernels read the position table without a bound: a longer profile reads past it on the GPU.
+        what = f"the model's {max_seq} positions" if positions == max_seq else \
+            f"the {max_seq} tokens a var-seqlen plugin computes"
+        raise BertrtError(f"seq {max(seqs)} is longer than {what}", onnx,
+                          hint=f"build for sequences of {max_seq} tokens or fewer")
     if ranges and calib_cache:
         raise BertrtError("give either INT8 ranges or a calibration cache, not both")
     notes = []
@@ -139,6 +199,11 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
                                    "cache), or a graph with Q/DQ nodes")
         if int8 and has_qdq and (ranges or calib_cache):
             notes.append("the graph has Q/DQ nodes; TensorRT uses their scales (explicit quantization)")
+    if calib_cache and trt_version is not None and not strongly_typed and precision == "int8":
+        cache = read_cache(calib_cache)
+        if cache.version != trt_version_number(trt_version):
+            notes.append(f"the calibration cache's header is TensorRT {version_text(cache.version)}'s; TensorRT "
+                         f"{trt_version} gets it with its own header (the scales do not depend on the version)")
     if workspace_mb is None:
         workspace_mb = None if varseqlen else DEFAULT_WORKSPACE_MB
     profiles = varseqlen_profiles(batches, seqs) if varseqlen else fixed_profiles(batches, seqs)
@@ -149,7 +214,7 @@ def make_plan(onnx, engine, *, target: str, precision: str, batches=(1,), seqs=(
         calib_cache=None if calib_cache is None else os.fspath(calib_cache),
         timing_cache=None if timing_cache is None else os.fspath(timing_cache), workspace_mb=workspace_mb,
         tactic_sources=() if strongly_typed else ("+CUBLAS", "-CUDNN"),
-        calibrate_before_fusion=bool(calib_cache) and int8, notes=tuple(notes))
+        calibrate_before_fusion=bool(calib_cache) and int8, trt_version=trt_version, notes=tuple(notes))
 
 
 # ------------------------------------------------------------------ inputs the plan reads
@@ -163,8 +228,15 @@ def model_facts(model) -> dict:
         if vi.name not in inits:
             dims[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                                   for d in vi.type.tensor_type.shape.dim)
+    from bertrt.run.packing import model_max_length, position_rows
+
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    return {"varseqlen": "cu_seqlens" in dims, "has_qdq": has_qdq, "dims": dims}
+    varseqlen = "cu_seqlens" in dims
+    tensors = set(dims) | {o for n in model.graph.node for o in n.output if o}
+    # The longest sequence it computes: the position table's rows (and the var-seqlen plugins' own limit).
+    max_seq = model_max_length(model) if varseqlen else position_rows(model)
+    return {"varseqlen": varseqlen, "has_qdq": has_qdq, "dims": dims, "max_seq": max_seq,
+            "positions": position_rows(model), "tensors": tensors}
 
 
 def check_profiles(plan: BuildPlan, dims: dict[str, tuple], path=None) -> None:
@@ -188,28 +260,61 @@ def check_profiles(plan: BuildPlan, dims: dict[str, tuple], path=None) -> None:
                                           hint=f"build for {what} {have}, or from a graph with a dynamic dimension")
 
 
-def read_calib_cache(path) -> tuple[str, bytes]:
-    """(algorithm, bytes) of a TensorRT calibration cache: header ``TRT-<version>-<algorithm>``, then ``name: hex``."""
+def check_scales(plan: BuildPlan, tensors: set[str] | None = None) -> None:
+    """Read the plan's ranges file or calibration cache (a BertrtError naming it for anything malformed); with
+    the graph's ``tensors``, one that names none of them is refused too (TensorRT would get no scale)."""
+    if plan.ranges:
+        names, path = read_ranges(plan.ranges), plan.ranges
+    elif plan.calib_cache:
+        names, path = read_cache(plan.calib_cache).scales, plan.calib_cache
+    else:
+        return
+    if tensors is not None and not set(names) & tensors:
+        raise BertrtError(f"none of its {len(names)} tensors is in the graph (first: {next(iter(names))})", path,
+                          hint="key them by the fused graph's names (bertrt surgery run --name-map, then "
+                               "bertrt calibrate ranges --name-map)")
+
+
+def installed_trt_version() -> str | None:
+    """tensorrt.__version__ of the TensorRT installed here, or None."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BertrtError("calibration cache not found", path) from None
-    except OSError as e:
-        raise BertrtError(f"cannot read the calibration cache: {e.strerror}", path) from None
-    lines = data.decode("ascii", errors="replace").splitlines()
-    header = lines[0].strip().split("-") if lines else []
-    if len(header) != 3 or header[0] != "TRT" or header[2] not in CALIBRATORS:
-        raise BertrtError("not a TensorRT calibration cache (first line must be TRT-<version>-<algorithm>, "
-                          f"algorithm one of {', '.join(CALIBRATORS)})", path)
-    for number, line in enumerate(lines[1:], start=2):
-        name, sep, value = line.rpartition(":")
-        try:
-            int(value.strip(), 16)
-        except ValueError:
-            sep = ""
-        if line.strip() and (not sep or not name):
-            raise BertrtError(f"line {number} is not '<tensor>: <hex scale>'", path)
-    return header[2], data
+        import tensorrt
+    except Exception:  # not installed, or installed without the libraries it loads
+        return None
+    return getattr(tensorrt, "__version__", None)
+
+
+def same_version(given: str, installed: str) -> bool:
+    """Whether ``installed`` is the ``given`` version, to the parts given ("10.16" is any 10.16.x)."""
+    parts = len(given.strip().split("."))
+    return parse_version(given)[:parts] == parse_version(installed)[:parts]
+
+
+def graph_problems(plan: BuildPlan, model) -> list[str]:
+    """What TensorRT would trip on in this graph with this plan, read from the graph without its weights
+    (``graph_io.read_skeleton``): plugin versions the TensorRT has not, and, in a strongly typed network,
+    plugin fields that disagree with the tensor types (``plugins.specs.typing_problems``)."""
+    from bertrt.plugins.nodes import is_plugin_node
+    from bertrt.plugins.specs import graph_typing_problems, spec_of
+
+    problems = []
+    for node in model.graph.node:
+        spec = spec_of(node) if is_plugin_node(node) else None
+        if spec is not None and plan.trt_version and parse_version(plan.trt_version) < parse_version(spec.since):
+            problems.append(f"{node.name}: {spec.plugin} v{spec.version} is in TensorRT's plugin library from "
+                            f"{spec.since}, not in {plan.trt_version}")
+    if plan.strongly_typed:
+        problems += graph_typing_problems(model)
+    return problems
+
+
+def check_graph(plan: BuildPlan, model, path=None) -> None:
+    problems = graph_problems(plan, model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        hint = (f"make the graph for this target: bertrt surgery run --target {plan.target}"
+                + (" (then bertrt calibrate qdq for INT8)" if plan.strongly_typed else ""))
+        raise BertrtError(f"TensorRT cannot build it as planned: {problems[0]}{more}", path, hint=hint)
 
 
 # ------------------------------------------------------------------ Polygraphy loaders
@@ -265,7 +370,7 @@ def cache_only_calibrator(trt, algorithm: str, cache: bytes):
     Polygraphy's Calibrator would write TensorRT's copy of the cache back over the user's file; this one
     never writes.
     """
-    base = getattr(trt, CALIBRATORS[algorithm])
+    base = getattr(trt, ALGORITHMS[algorithm])
 
     class CacheOnlyCalibrator(base):
         def __init__(self):
@@ -335,8 +440,10 @@ def _plan_config_class():
                                           members)
                 self.tactic_sources = [v for v in trt.TacticSource.__members__.values() if bits >> int(v) & 1]
             if plan.calib_cache:
-                algorithm, cache = read_calib_cache(plan.calib_cache)
-                self.calibrator = cache_only_calibrator(trt, algorithm, cache)
+                cache = read_cache(plan.calib_cache)
+                # TensorRT skips a cache whose header names another version; the scales are the same in any.
+                text, _rewritten = cache.for_version(trt.__version__)
+                self.calibrator = cache_only_calibrator(trt, cache.algorithm, text.encode("ascii"))
                 if plan.calibrate_before_fusion:
                     self.quantization_flags = [trt.QuantizationFlag.CALIBRATE_BEFORE_FUSION]
             return super().__call__(builder, network)
@@ -390,11 +497,12 @@ def build_engine(plan: BuildPlan, log=None) -> Path:
     # Bad inputs are reported before a missing TensorRT, so they can be fixed on any machine.
     if not Path(plan.onnx).is_file():
         raise BertrtError("ONNX model not found", plan.onnx)
-    if plan.ranges:
-        read_ranges(plan.ranges)
-    if plan.calib_cache:
-        read_calib_cache(plan.calib_cache)
-    require_tensorrt("build an engine", plan.command())
+    check_scales(plan)
+    trt = require_tensorrt("build an engine", plan.command())
+    check_trt_version(plan.target, trt.__version__, plan.onnx)
+    if plan.trt_version and not same_version(plan.trt_version, trt.__version__):
+        raise BertrtError(f"the plan is for TensorRT {plan.trt_version}, but TensorRT {trt.__version__} is installed",
+                          plan.onnx)
     log = log or (lambda _msg: None)
     log("building the engine (TensorRT times tactics per profile: minutes for BERT-Large)")
     with atomic_path(plan.engine) as tmp:

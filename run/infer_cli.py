@@ -30,6 +30,9 @@ def answer_questions(backend, tokenizer, passage: str, questions: list[str], *, 
     words, _ = split_doc_words(passage)
     if not words:
         raise BertrtError("the passage is empty")
+    empty = [i + 1 for i, q in enumerate(questions) if not q.strip()]
+    if empty:
+        raise BertrtError(f"question {empty[0]} is empty")
     examples = [Question(str(i), q, words) for i, q in enumerate(questions)]
     predictions = predict_examples(backend, tokenizer, examples, seq=seq, n_best_size=n_best_size,
                                    max_answer_length=max_answer_length)
@@ -71,6 +74,10 @@ def infer(engine, onnx, amax, runtime, passage, passage_file, questions, vocab, 
         elapsed = time.perf_counter() - start
     for question, prediction in zip(questions, predictions):
         click.echo(f"Question: {question}")
+        if not prediction.answered:  # not the placeholder as if it were an answer of probability 1
+            click.echo(f"Answer: none: no span of the passage fits (start before end, at most {max_answer_length} "
+                       "word pieces)")
+            continue
         click.echo(f"Answer: {prediction.text!r} (probability {prediction.probability:.4f})")
         for rank, c in enumerate(prediction.nbest[1:n_best], start=2):
             click.echo(f"  {rank}. {c.text!r} (probability {c.probability:.4f})")

@@ -17,16 +17,30 @@ from bertrt.plugins.nodes import EMB_LAYER_NORM
 from bertrt.plugins.specs import MAX_SEQLEN  # what the var-seqlen plugins compute at most (384)
 
 
-def model_max_length(model) -> int:
-    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most
-    MAX_SEQLEN."""
+def position_rows(model) -> int | None:
+    """Rows of an ONNX model's position table, or None if it has none (a table sliced to a fixed length): no
+    sequence may be longer. A fused graph's is its EmbLayerNorm's (whose kernel reads it without a bound; only
+    the tables' dims are read), a canonical model's the constant table its positions index
+    (``convert.onnx_intake.position_rows``)."""
     for n in model.graph.node:
         if n.op_type == EMB_LAYER_NORM:
             attrs = {a.name: a for a in n.attribute}
             pos, beta = attrs.get("bert_embeddings_position_embeddings"), attrs.get("bert_embeddings_layernorm_beta")
             if pos is not None and beta is not None:
-                return min(MAX_SEQLEN, int(np.prod(pos.t.dims)) // max(1, int(np.prod(beta.t.dims))))
-    return MAX_SEQLEN
+                return int(np.prod(pos.t.dims)) // max(1, int(np.prod(beta.t.dims)))
+            return None
+    import onnx_graphsurgeon as gs
+
+    from bertrt.convert.onnx_intake import position_rows as canonical_rows
+
+    return canonical_rows(gs.import_onnx(model))
+
+
+def model_max_length(model) -> int:
+    """The longest sequence a var-seqlen ONNX model computes: its EmbLayerNorm's position rows, at most
+    MAX_SEQLEN."""
+    rows = position_rows(model)
+    return MAX_SEQLEN if rows is None else min(MAX_SEQLEN, rows)
 
 
 def sequence_lengths(mask: np.ndarray, path=None) -> np.ndarray:

@@ -34,6 +34,7 @@ class Prediction:
     text: str
     probability: float
     nbest: list[Candidate]
+    answered: bool = True  # False: no span survived, and text is the NO_ANSWER placeholder (for predictions.json)
 
 
 def best_indexes(logits: np.ndarray, n: int) -> list[int]:
@@ -126,8 +127,9 @@ def predict_answer(doc_words: list[str], features: list[Feature], start_logits: 
         seen.add(text)
         nbest.append((text, start_logit, end_logit))
 
+    answered = bool(nbest)
     if not nbest:
         nbest.append((NO_ANSWER, 0.0, 0.0))
     probs = softmax([s + e for _, s, e in nbest])
     candidates = [Candidate(text, p, s, e) for (text, s, e), p in zip(nbest, probs)]
-    return Prediction(candidates[0].text, candidates[0].probability, candidates)
+    return Prediction(candidates[0].text, candidates[0].probability, candidates, answered)

@@ -48,13 +48,19 @@ def load_json(path: str | os.PathLike):
 
 def examples_from_dataset(dataset, path: str | os.PathLike = "<data>", *,
                           check_answers: bool = True) -> list[SquadExample]:
-    """Examples of a parsed SQuAD document, in file order.
+    """Examples of a parsed SQuAD document, in file order; a BertrtError naming the place for a question that is
+    empty or whose id another has already (predictions are keyed by id), or a file without questions.
 
-    With check_answers, every answer's text must sit at its answer_start in the context.
+    With check_answers (to score), every question has an answer whose text sits at its answer_start in the
+    context, and a SQuAD v2.0 file (unanswerable questions) is refused: the metric here is v1.1's.
     """
     path = Path(path)
     data = _get(dataset, "data", list, "the top level", path)
+    if check_answers and str(dataset.get("version", "")).lstrip("vV").startswith("2"):
+        raise BertrtError(f"is a SQuAD {dataset['version']} file (with unanswerable questions); bertrt answers and "
+                          "scores SQuAD v1.1", path)
     examples = []
+    seen: dict[str, str] = {}  # question id -> where it was
     for a, article in enumerate(data):
         where = f"data[{a}]"
         paragraphs = _get(article, "paragraphs", list, where, path)
@@ -67,7 +73,15 @@ def examples_from_dataset(dataset, path: str | os.PathLike = "<data>", *,
             for q, qa in enumerate(qas):
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 qas_id = str(_get(qa, "id", (str, int), where, path))
+                if qas_id in seen:  # predictions are keyed by id: a second question would overwrite the first
+                    raise BertrtError(f"{where}: question id {qas_id!r} is also {seen[qas_id]}'s", path)
+                seen[qas_id] = where
                 question = _get(qa, "question", str, where, path)
+                if not question.strip():
+                    raise BertrtError(f"{where} (id {qas_id}): the question is empty", path)
+                if check_answers and (qa.get("is_impossible") or "plausible_answers" in qa):
+                    raise BertrtError(f"{where} (id {qas_id}): an unanswerable question (SQuAD v2.0); bertrt answers "
+                                      "and scores SQuAD v1.1", path)
                 answers = []
                 for n, answer in enumerate(_get(qa, "answers", list, where, path)):
                     where_n = f"{where}.answers[{n}] (id {qas_id})"
@@ -78,12 +92,17 @@ def examples_from_dataset(dataset, path: str | os.PathLike = "<data>", *,
                         raise BertrtError(f"{where_n}: answer {text!r} is not at answer_start {start} of the "
                                           f"context (found {found!r})", path)
                     answers.append(Answer(text, start))
+                if check_answers and not answers:
+                    raise BertrtError(f"{where} (id {qas_id}): no answer to score against (SQuAD v1.1 gives every "
+                                      "question one)", path)
                 example = SquadExample(qas_id, question, context, doc_words, answers, title)
                 if answers and check_answers:
                     first = answers[0]
                     example.start_position = char_to_word[first.answer_start]
                     example.end_position = char_to_word[first.answer_start + len(first.text) - 1]
                 examples.append(example)
+    if not examples:
+        raise BertrtError("no questions in the file", path)
     return examples
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from bertrt import config
 from bertrt.options import log as _log
-from bertrt.options import out_option, precision_option, report_option, target_option
+from bertrt.options import out_option, precision_option, report_option, target_option, writable, writable_folder
 
 
 @click.group()
@@ -47,11 +45,11 @@ def list_cmd():
                        "`bertrt calibrate qdq` quantizes (a QAT model's weights already on their own int8 grid).")
 @click.option("--passes", default=None, help="Comma-separated pass names instead of the default list "
                                              "(`bertrt surgery list`).")
-@click.option("--dump-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--dump-dir", type=click.Path(), metavar="DIR", default=None, callback=writable_folder,
               help="Write the graph after each pass (01-sanitize.onnx, 02-layernorm.onnx, ...).")
 @report_option("Write the report (per pass: rewrites, misses and why, notes) as JSON.")
 @click.option("--allow-partial", is_flag=True, help="Write the graph even if the encoder is only partly fused.")
-@click.option("--name-map", "name_map_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--name-map", "name_map_path", type=click.Path(), metavar="FILE", default=None, callback=writable,
               help="Write original tensor -> fused tensors as JSON, to name INT8 ranges after the fused graph "
                    "(bertrt calibrate ranges/cache --name-map).")
 @click.option("--varseqlen", is_flag=True,
@@ -62,6 +60,11 @@ def run_cmd(src, out, target, precision, passes, dump_dir, report_path, allow_pa
     Prints a table of what each pass rewrote and, for every place that looked like its pattern but did
     not match, why. A partly fused encoder is an error unless --allow-partial.
     """
+    from bertrt.ort_check import check_model_file
+
+    # What onnx.checker refuses or ONNX Runtime cannot run is no model to fuse (duplicate names, a tensor nothing
+    # makes, a wrong dtype, an op its opset lacks).
+    check_model_file(src, hint="surgery takes the canonical model that `bertrt convert` writes")
     if varseqlen and precision != "fp16":
         _log(f"--varseqlen: precision fp16, not {precision} (the var-seqlen plugins have no FP32 and no INT8 here)")
     _run(src, out, target, precision, passes.split(",") if passes else None, dump_dir, report_path,
@@ -119,9 +122,9 @@ def _run(src, out, target, precision, passes, dump_dir, report_path, allow_parti
     if passes is None and not result.complete and not allow_partial:
         raise BertrtError("the encoder is only partly fused (see the misses above); nothing written. "
                           "Use --allow-partial to write it anyway", src)
-    result.save(out)
+    result.save(out, source=src)
     if name_map_path:
-        from bertrt.atomic import write_text
+        from bertrt.name_map import write_name_map
 
-        write_text(name_map_path, json.dumps(result.name_map(), indent=1, sort_keys=True) + "\n")
+        write_name_map(name_map_path, result.name_map())
     click.echo(f"wrote {out}")

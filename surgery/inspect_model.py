@@ -10,8 +10,9 @@ from bertrt.plugins.nodes import PLUGIN_NAMES
 from bertrt.surgery.pipeline import UNFUSED_OPS, summarize
 
 
-def inspect(model: onnx.ModelProto) -> str:
-    counts, leftover, problems = summarize(model)
+def inspect(model: onnx.ModelProto, strongly_typed: bool | None = None) -> str:
+    """The report; ``strongly_typed`` None validates both ways (a trt10 and a trt11 build), else the one given."""
+    counts, leftover, problems = summarize(model, strongly_typed=bool(strongly_typed))
     ops = Counter(n.op_type for n in model.graph.node)
     lines = [f"graph: {len(model.graph.node)} nodes, opset "
              + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)]
@@ -31,8 +32,15 @@ def inspect(model: onnx.ModelProto) -> str:
     lines.append("unfused encoder ops: " + (", ".join(f"{k} x{v}" for k, v in leftover.items()) or "none"))
     lines.append("other ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())
                                              if k not in PLUGIN_NAMES and k not in UNFUSED_OPS))
-    lines.append("validator: " + ("no problems" if not problems else f"{len(problems)} problem(s)"))
+    typing = "strongly typed" if strongly_typed else "weakly typed"
+    lines.append(f"validator ({typing}): " + ("no problems" if not problems else f"{len(problems)} problem(s)"))
     lines += [f"  {p}" for p in problems]
+    if strongly_typed is None and counts:
+        # The same nodes in a strongly typed network (TensorRT 11), where the tensor types must match the fields.
+        strong = [p for p in summarize(model, strongly_typed=True)[2] if p not in problems]
+        lines.append("validator (strongly typed, trt11): " + ("no more problems" if not strong
+                                                              else f"{len(strong)} more problem(s)"))
+        lines += [f"  {p}" for p in strong[:3]] + ([f"  ... {len(strong) - 3} more"] if len(strong) > 3 else [])
     return "\n".join(lines)
 
 

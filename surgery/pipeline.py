@@ -16,6 +16,7 @@ from bertrt import config
 from bertrt.contract import PRECISIONS
 from bertrt.errors import BertrtError
 from bertrt.graph_io import detach_weights, full_model, import_streaming, save_graph
+from bertrt.onnx_io import check_written, fit_ir_version
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, declare_plugin_domain
 from bertrt.sanitize import import_with_shapes
 from bertrt.surgery.framework import Context, PassReport, get_pass
@@ -50,8 +51,10 @@ class SurgeryResult:
         """The fused model in memory (its weights copied in)."""
         return full_model(self.graph, _finish)
 
-    def save(self, path) -> None:
-        save_graph(self.graph, path, _finish)
+    def save(self, path, source=None) -> None:
+        """Write the fused graph; onnx.checker must accept it before it takes its name (``source`` names the input
+        in the refusal)."""
+        save_graph(self.graph, path, _finish, check=lambda staged: check_written(staged, source))
 
     def to_json(self) -> dict:
         return {"passes": [r.to_json() for r in self.reports], "plugins": self.counts,
@@ -106,7 +109,7 @@ def run_graph(graph: gs.Graph, target: str = "trt10", precision: str = "fp32", p
         if dump_dir is not None:
             save_graph(graph.cleanup().toposort(), Path(dump_dir) / f"{i:02d}-{p.name}.onnx", _finish)
     graph.cleanup().toposort()
-    counts, leftover, problems = summarize(graph)
+    counts, leftover, problems = summarize(graph, strongly_typed=bool(tgt.get("strongly_typed")))
     complete = _complete(counts, leftover, ctx)
     return SurgeryResult(graph, reports, counts, leftover, complete, problems,
                          _resolve(ctx.tensor_map, graph, originals))
@@ -133,10 +136,12 @@ def _resolve(tensor_map: dict, graph: gs.Graph, originals: set[str]) -> dict[str
 def _finish(model: onnx.ModelProto) -> None:
     model.producer_name = "bertrt"
     declare_plugin_domain(model)
+    fit_ir_version(model)  # the gelu pass raises the opset to 20, which needs IR 9
 
 
-def summarize(graph):
-    """(plugin counts by name and version, unfused encoder ops left, validator problems) of a gs graph or model."""
+def summarize(graph, strongly_typed: bool = False):
+    """(plugin counts by name and version, unfused encoder ops left, validator problems) of a gs graph or model;
+    ``strongly_typed``: validated for a strongly typed network (the trt11 target)."""
     from bertrt.plugins.nodes import read_attrs
     from bertrt.plugins.shapes import GraphInfo
     from bertrt.plugins.specs import validate
@@ -150,7 +155,7 @@ def summarize(graph):
         if op(n) in (EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM):
             version = read_attrs(n).get("plugin_version")
             counts[f"{op(n)} v{version.value if version else '?'}"] += 1
-            problems += [f"{n.name}: {p}" for p in validate(n, info)]
+            problems += [f"{n.name}: {p}" for p in validate(n, info, strongly_typed)]
     encoder = _feeding_plugins(nodes, op)
     leftover = Counter(op(n) for n in nodes if op(n) in UNFUSED_OPS and (encoder is None or id(n) in encoder))
     return dict(sorted(counts.items())), dict(sorted(leftover.items())), problems

@@ -64,7 +64,7 @@ def test_reference_backend_matches_unfused_graph(handbuilt):
     feeds = feeds_with_padding(2, 48, seed=1)
     with open_backend(onnx=fused) as ref, open_backend(onnx=unfused) as plain:
         assert isinstance(ref, ReferenceBackend) and isinstance(plain, OrtBackend)
-        assert ref.input_shape == InputShape(None, None)
+        assert ref.input_shape == InputShape(None, None, positions=512)  # a free axis, a table of 512 rows
         got, want = ref.run(feeds), plain.run(feeds)
     assert got.shape == want.shape == (2, 48, 2)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
@@ -129,3 +129,68 @@ def test_cli_engine_without_tensorrt_exits_3(tmp_path):
 def test_cli_engine_and_onnx_together_is_a_usage_error(tiny_onnx):
     result = CliRunner().invoke(cli, ["infer", "--engine", "a.plan", "--onnx", str(tiny_onnx), "-p", "x", "-q", "y"])
     assert result.exit_code == 2 and "exactly one of --engine" in result.output
+
+
+def test_a_backend_failure_is_one_line_naming_the_model_and_the_cause(handbuilt, tmp_path):
+    """#14, item 7: past the position table, an id past the embedding table, or the runtime's own failure."""
+    unfused, fused = handbuilt
+    for path in (unfused, fused):
+        with open_backend(onnx=path) as backend:
+            with pytest.raises(BertrtError) as e:
+                backend.run(feeds_with_padding(1, 600))
+            assert str(e.value) == f"{path}: seq 600 is longer than the model's 512 positions"
+            feeds = feeds_with_padding(1, 16)
+            feeds["input_ids"][0, 0] = 40000
+            with pytest.raises(BertrtError, match=f"^{path}: token id 40000 is past the model's 30522 embedding rows"):
+                backend.run(feeds)
+    # A graph that loads and then fails when it runs (a Reshape to a size the input does not have).
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(unfused)
+    shape = helper.make_tensor("bad_shape", onnx.TensorProto.INT64, [2], [7, -1])
+    model.graph.initializer.append(shape)
+    last = model.graph.node[-1]
+    reshaped = helper.make_node("Reshape", [last.output[0], "bad_shape"], ["logits"], name="bad_reshape")
+    last.output[0] = "before_bad_reshape"
+    reshaped.input[0] = "before_bad_reshape"
+    model.graph.node.append(reshaped)
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    with open_backend(onnx=broken) as backend, pytest.raises(BertrtError) as e:
+        backend.run(feeds_with_padding(1, 16))
+    message = str(e.value)
+    assert message.startswith(f"{broken}: onnxruntime cannot run it on input_ids [1, 16], ") and "\n" not in message
+
+
+def test_a_packed_engine_packs_no_longer_than_its_max_seqlen_profile():
+    """#14, item 2: the limit comes from the engine (its max_seqlen input's profiles, as bertrt build made them),
+    not the plugins' 384. The profiles are data here; TrtBackend reads the same from a real engine."""
+    from bertrt.run.backends import Backend, engine_input_shape, profile_max_seqlen
+
+    assert profile_max_seqlen([((1,), (64,), (64,)), ((1,), (64,), (64,))]) == 64
+    assert profile_max_seqlen([((1,), (128,), (128,)), ((1,), (384,), (384,))]) == 128
+    built = {"cu_seqlens": [((2,), (9,), (9,))], "max_seqlen": [((1,), (64,), (64,))],  # bertrt build --seq 64
+             "input_ids": [((1,), (512,), (512,))]}
+    shape = engine_input_shape(built.__getitem__, varseqlen=True)
+    assert (shape.varseqlen, shape.max_batch, shape.max_seqlen) == (True, 8, 64)
+
+    class Packed(Backend):  # stands for the engine after packing: what reaches it is what it would read
+        name = "packed"
+
+        def _run(self, feeds):
+            self.seen = feeds
+            return np.zeros((feeds["input_ids"].size, 2), np.float32)
+
+    backend = Packed("e.plan", shape)
+    feeds = feeds_with_padding(1, 64)
+    feeds["input_mask"][:] = 1
+    backend.run(feeds)
+    assert backend.seen["cu_seqlens"].tolist() == [0, 64]  # 64 tokens: as long as the engine takes
+    feeds = feeds_with_padding(1, 100)
+    feeds["input_mask"][:] = 1  # 100 tokens: past the engine's 64, though within 384
+    with pytest.raises(BertrtError, match="^e.plan: sequence 0 has 100 tokens; the var-seqlen model computes at most "
+                                          "64"):
+        backend.run(feeds)
+    fixed = engine_input_shape({"input_ids": [((1, 128), (8, 128), (8, 128))]}.__getitem__, varseqlen=False)
+    assert (fixed.seq, fixed.max_batch, fixed.varseqlen) == (128, 8, False)

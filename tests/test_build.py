@@ -13,8 +13,8 @@ from bertrt.cli import cli
 from bertrt.errors import BertrtError
 from bertrt.plugins.handbuilt import fused_bert, random_bert_weights
 from bertrt.ranges import read_ranges
-from bertrt.run.engine_build import (check_profiles, make_loaders, make_plan, model_facts, read_calib_cache,
-                                     tactic_source_bits)
+from bertrt.calib_cache import read_cache
+from bertrt.run.engine_build import check_profiles, make_loaders, make_plan, model_facts, tactic_source_bits
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 INPUTS = ("input_ids", "segment_ids", "input_mask")
@@ -30,7 +30,7 @@ def fused(tmp_path_factory):
 @pytest.fixture
 def ranges(tmp_path):
     path = tmp_path / "ranges.json"
-    path.write_text('{"emb_2": 4.5, "l0_qkv_out_5": 12.0}')
+    path.write_text('{"emb_7": 4.5, "l0_qkv_out_13": 12.0}')
     return path
 
 
@@ -38,7 +38,7 @@ def ranges(tmp_path):
 def cache(tmp_path):
     path = tmp_path / "calib.cache"
     scale = struct.pack(">f", 4.5 / 127).hex()
-    path.write_text(f"TRT-101600-EntropyCalibration2\ninput_ids: {scale}\nemb_2: {scale}\n")
+    path.write_text(f"TRT-101600-EntropyCalibration2\ninput_ids: {scale}\nemb_7: {scale}\n")
     return path
 
 
@@ -139,26 +139,30 @@ def test_strongly_typed_loaders():
 
 def test_model_facts_and_profile_check(fused, tiny_onnx):
     facts = model_facts(onnx.load(fused))
-    assert facts == {"varseqlen": False, "has_qdq": False, "dims": {n: (None, None) for n in INPUTS}}
+    assert {k: facts[k] for k in ("varseqlen", "has_qdq", "dims", "max_seq")} == {
+        "varseqlen": False, "has_qdq": False, "dims": {n: (None, None) for n in INPUTS}, "max_seq": 512}
     plan = make_plan(tiny_onnx, "e", target="trt10", precision="fp16", batches=(1, 8), seqs=(384,))
     with pytest.raises(BertrtError, match="fixed dimension 1 = 128.*sequence length 128"):
         check_profiles(plan, model_facts(onnx.load(tiny_onnx))["dims"], tiny_onnx)
 
 
 def test_read_ranges_and_cache(tmp_path, ranges, cache):
-    assert read_ranges(ranges) == {"emb_2": 4.5, "l0_qkv_out_5": 12.0}
+    # One reader of each format for every stage (bertrt.ranges, bertrt.calib_cache); their own tests try the rest.
+    assert read_ranges(ranges) == {"emb_7": 4.5, "l0_qkv_out_13": 12.0}
     nested = tmp_path / "nested.json"
-    nested.write_text('{"amax": {"a": 1}}')
-    assert read_ranges(nested) == {"a": 1.0}
+    nested.write_text('{"amax": {"a": 1}}')  # not the format: one object of tensor -> amax
+    with pytest.raises(BertrtError, match="amax of 'amax' is"):
+        read_ranges(nested)
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": -1}')
-    with pytest.raises(BertrtError, match="finite number >= 0"):
+    with pytest.raises(BertrtError, match="positive finite number"):
         read_ranges(bad)
-    algorithm, data = read_calib_cache(cache)
-    assert algorithm == "EntropyCalibration2" and data == cache.read_bytes()
+    parsed = read_cache(cache)
+    assert parsed.algorithm == "EntropyCalibration2" and parsed.calibrator == "IInt8EntropyCalibrator2"
+    assert parsed.text == cache.read_text()
     bad.write_text("not a cache\n")
     with pytest.raises(BertrtError, match="TRT-<version>-<algorithm>"):
-        read_calib_cache(bad)
+        read_cache(bad)
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
@@ -208,7 +212,13 @@ def test_the_plan_comes_from_the_inputs_alone_and_tensorrt_before_the_graph(fuse
     skeleton = read_skeleton(fused)
     assert model_facts(skeleton) == model_facts(onnx.load(fused))
     assert [n.op_type for n in skeleton.graph.node] == [n.op_type for n in onnx.load(fused).graph.node]
-    assert all(not n.attribute for n in skeleton.graph.node) and all(not t.raw_data for t in skeleton.graph.initializer)
+    # Attributes are there, weights are not: tensors keep their type and dims only.
+    full = onnx.load(fused)
+    assert [[a.name for a in n.attribute] for n in skeleton.graph.node] == [[a.name for a in n.attribute]
+                                                                          for n in full.graph.node]
+    tensors = [a.t for n in skeleton.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    assert tensors and all(not t.raw_data and t.dims for t in tensors)
+    assert all(not t.raw_data for t in skeleton.graph.initializer)
     if HAS_TRT:
         return
 

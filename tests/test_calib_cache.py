@@ -1,12 +1,15 @@
 """TensorRT calibration cache: header, hex scales, round trip, errors."""
 
+import json
+
 import numpy as np
 import pytest
 
-from bertrt.calibrate.cache import (cache_text, hex_scale, parse_cache, read_cache, scale_hex, trt_version_number,
+from bertrt.calib_cache import (cache_text, hex_scale, parse_cache, read_cache, scale_hex, trt_version_number,
                                     write_cache)
-from bertrt.ranges import apply_name_map
+from bertrt.name_map import apply_name_map
 from bertrt.errors import BertrtError
+from bertrt.ranges import read_ranges
 
 
 def test_version_numbers_follow_nv_tensorrt_version():
@@ -36,7 +39,6 @@ def test_cache_text_for_trt_10_16():
 def test_round_trip_keeps_amax_to_float32_precision(tmp_path):
     rng = np.random.default_rng(0)
     amax = {f"layer_{i}/t:0": float(v) for i, v in enumerate(rng.uniform(1e-3, 50.0, 200))}
-    amax["zero"] = 0.0
     path = tmp_path / "calib.cache"
     write_cache(path, amax, "10.16")
     cache = read_cache(path)
@@ -45,6 +47,46 @@ def test_round_trip_keeps_amax_to_float32_precision(tmp_path):
     for name, value in amax.items():
         assert np.float32(cache.scales[name]) == np.float32(value / 127)  # the stored float32, bit for bit
         assert cache.amax[name] == pytest.approx(value, rel=2 ** -23, abs=0)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("inf"), float("nan"), 1e300, 1e-50, "1.0", True, None])
+def test_one_rule_for_an_amax_in_the_writer_and_the_reader(tmp_path, value):
+    # Positive, finite, and a float32 scale amax / 127 that is neither 0 nor inf (1e300 was written as 7f800000,
+    # 0 as 00000000); the same rule as the ranges file's, naming the tensor (#14).
+    path = tmp_path / "calib.cache"
+    with pytest.raises(BertrtError, match="amax of 'bad'"):
+        write_cache(path, {"good": 1.0, "bad": value}, "10.16")
+    assert not path.exists() and not list(tmp_path.iterdir())
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({"good": 1.0, "bad": value}))
+    with pytest.raises(BertrtError, match=f"{ranges}: amax of 'bad'"):
+        read_ranges(ranges)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("x: 0x3c010a14", "line 2"),  # Python's int(.., 16) took the 0x; TensorRT writes bare hex digits
+    ("x: 3c010a143c01", "line 2"),  # 12 digits are no float32
+    ("x: 00000000", "scale 00000000"),
+    ("x: 7f800000", "scale 7f800000"),
+    ("x: 7fc00000", "scale 7fc00000"),  # NaN
+    ("x: bc010204", "scale bc010204"),  # negative
+])
+def test_the_one_cache_reader_refuses_what_either_reader_let_through(tmp_path, line, problem):
+    path = tmp_path / "c.cache"
+    path.write_text(f"TRT-101600-EntropyCalibration2\n{line}\n")
+    with pytest.raises(BertrtError, match=problem):
+        read_cache(path)
+    path.write_text("TRT-101600-SomeCalibration\nx: 3c010204\n")  # the build's reader knew the names, this one not
+    with pytest.raises(BertrtError, match="unknown calibration algorithm 'SomeCalibration'"):
+        read_cache(path)
+
+
+def test_the_header_is_rewritten_for_another_tensorrt():
+    cache = parse_cache("TRT-101600-MinMaxCalibration\na: 3c010204\n")
+    text, changed = cache.for_version("10.3.0.26")
+    assert changed and text == "TRT-100300-MinMaxCalibration\na: 3c010204\n"
+    assert cache.for_version("10.16.0") == (cache.text, False)
+    assert parse_cache(text).scales == cache.scales
 
 
 def test_name_map_renames_merges_by_max_and_drops():

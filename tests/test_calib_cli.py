@@ -7,7 +7,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from bertrt.calibrate.cache import read_cache
+from bertrt.calib_cache import read_cache
 from bertrt.cli import cli
 
 CALIB_JSON = Path(__file__).parents[1] / "calibrate" / "data" / "pydoc_qa_calib.json"

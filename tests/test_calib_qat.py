@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from bertrt.calibrate.cache import read_cache, write_cache
+from bertrt.calib_cache import read_cache, write_cache
 from bertrt.calibrate.qat import qat_ranges
 from bertrt.errors import BertrtError
 

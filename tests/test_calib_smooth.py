@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from bertrt.calibrate import smooth
-from bertrt.calibrate.cache import read_cache
+from bertrt.calib_cache import read_cache
 from bertrt.calibrate.data_source import squad_feeds
 from bertrt.calibrate.evaluate import eval_samples, evaluate, implicit_int8_model
 from bertrt.calibrate.mixed import float_gemms, gemm_groups

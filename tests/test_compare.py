@@ -120,3 +120,40 @@ def test_bad_file_is_a_one_line_error(small_pair, tmp_path):
 def test_static_shape_mismatch_is_an_error(tiny_onnx, tiny_fused):
     res = CliRunner().invoke(cli, ["compare", str(tiny_onnx), str(tiny_fused), "--seq", "64"])
     assert res.exit_code == 1 and "fixed sequence length of 128" in res.output
+
+
+def test_compare_past_the_position_table_is_one_line(canonical_fixtures, tmp_path):
+    """#14, item 7, as a user hits it: convert onnx the HF export (64 positions), surgery run, compare --seq 128.
+    It was an ONNX Runtime traceback; it is one line naming the model and the cause, for either backend."""
+    from click.testing import CliRunner
+
+    from bertrt.cli import cli
+
+    canonical, fused = canonical_fixtures["hf_qa_eager"], tmp_path / "fused.onnx"
+    assert CliRunner().invoke(cli, ["surgery", "run", str(canonical), "-o", str(fused)]).exit_code == 0
+    for b in (canonical, fused):
+        r = CliRunner().invoke(cli, ["compare", str(canonical), str(b), "--seq", "128"])
+        assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+        assert r.stderr.strip() == (f"Error: {canonical}: seq 128 is longer than the model's 64 positions; "
+                                    "compare at 64 tokens or fewer")
+
+
+def test_a_graph_that_fails_when_it_runs_is_named_in_one_line(tiny_onnx, tmp_path, capfd):
+    """#14 (found by the fuzz campaign once it read file descriptor 2): compare named the first model whichever
+    failed, and ONNX Runtime's C++ log printed a second, colored line on the terminal beside the Error line."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(tiny_onnx)
+    model.graph.initializer.append(helper.make_tensor("bad_shape", onnx.TensorProto.INT64, [2], [7, -1]))
+    last = model.graph.node[-1]
+    last.output[0] = "before_bad_reshape"  # it loads; [1, 128, 2] cannot become [7, -1] when it runs
+    model.graph.node.append(helper.make_node("Reshape", ["before_bad_reshape", "bad_shape"], ["logits"]))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    capfd.readouterr()
+    r = CliRunner().invoke(cli, ["compare", str(tiny_onnx), str(broken)])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        f"Error: {broken}: ONNX Runtime cannot run it on these inputs (1x128): "), r.stderr
+    assert capfd.readouterr().err == ""  # nothing past Python's stderr (ONNX Runtime's log is off)

@@ -151,6 +151,20 @@ def test_config_disagreeing_with_shapes(tiny_ckpt, tmp_path):
     assert "bert/encoder/layer_0/intermediate/dense/kernel has shape [128, 512] but the config says [128, 1024]" in err
 
 
+@pytest.mark.parametrize("layers, problem", [
+    ("1", "the checkpoint has 2 encoder layers but the config says num_hidden_layers 1"),  # wrote a 1-layer model
+    ("3", "the checkpoint has 2 encoder layers but the config says num_hidden_layers 3"),
+    ("-2", "num_hidden_layers is -2, expected a positive integer"),  # wrote a model with no encoder
+    ("0", "num_hidden_layers is 0, expected a positive integer"),
+    ('"2"', 'num_hidden_layers is "2", expected a positive integer'),
+])
+def test_config_and_checkpoint_must_agree_on_the_layers(tiny_ckpt, tmp_path, layers, problem):
+    ckpt = _copy_without(tiny_ckpt, tmp_path / "ck", config_edit=('"num_hidden_layers": 2',
+                                                                  f'"num_hidden_layers": {layers}'))
+    err = _run_bad(["-c", str(ckpt)], tmp_path / "m.onnx")
+    assert problem in err
+
+
 def test_missing_config(tiny_ckpt, tmp_path):
     ckpt = _copy_without(tiny_ckpt, tmp_path / "ck")
     (ckpt / "bert_config.json").unlink()

@@ -57,3 +57,19 @@ def test_passage_is_required_once(tiny_onnx, tmp_path):
     result = CliRunner().invoke(cli, ["infer", "--onnx", str(tiny_onnx), "--passage-file",
                                       str(tmp_path / "missing.txt"), "-q", "What?"])
     assert result.exit_code == 1 and "missing.txt" in result.output
+
+
+def test_an_empty_question_is_refused_and_no_answer_is_not_shown_as_one(tiny_onnx, monkeypatch):
+    """Before #14: an empty question was answered, and a passage with no fitting span printed
+    "Answer: 'empty' (probability 1.0000)" as if 'empty' were the answer."""
+    from bertrt.run import infer_cli
+    from bertrt.run.postprocess import NO_ANSWER, Candidate, Prediction
+
+    r = CliRunner().invoke(cli, ["infer", "--onnx", str(tiny_onnx), "-p", "Ems flows north.", "-q", "Where?",
+                                 "-q", " "])
+    assert r.exit_code == 1 and r.output.strip() == "Error: question 2 is empty"
+    nothing = Prediction(NO_ANSWER, 1.0, [Candidate(NO_ANSWER, 1.0, 0.0, 0.0)], answered=False)
+    monkeypatch.setattr(infer_cli, "answer_questions", lambda *a, **k: [nothing])
+    r = CliRunner().invoke(cli, ["infer", "--onnx", str(tiny_onnx), "-p", "Ems flows north.", "-q", "Where?"])
+    assert r.exit_code == 0 and "Answer: none: no span of the passage fits" in r.output
+    assert "'empty'" not in r.output

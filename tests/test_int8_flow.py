@@ -10,7 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from bertrt.calibrate.cache import read_cache
+from bertrt.calib_cache import read_cache
 from bertrt.calibrate.evaluate import (eval_samples, evaluate, implicit_int8_model, score_feature, summarize)
 from bertrt.calibrate.mixed import float_gemm_drops, float_gemms, gemm_groups
 from bertrt.calibrate.qdq import insert_qdq

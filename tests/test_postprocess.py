@@ -71,6 +71,7 @@ def test_discard_rules(one_window, start, end, why):
     prediction = answer(words, features, [{start: 5.0}], [{end: 5.0}], n_best_size=1, max_answer_length=20)
     assert prediction.text == NO_ANSWER, why
     assert prediction.probability == 1.0 and len(prediction.nbest) == 1
+    assert not prediction.answered  # the placeholder is not an answer (infer says none, #14)
 
 
 def test_max_answer_length_is_inclusive(one_window):

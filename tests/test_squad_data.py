@@ -106,6 +106,28 @@ def test_answer_check_can_be_turned_off(tmp_path):
     assert example.answers[0].text == "south" and example.start_position is None
 
 
+def test_what_squad_and_calibration_must_not_take(tmp_path):
+    """Each was accepted without a word (#14): 8 predictions for 12 scored questions, an empty question, a v2.0
+    file scored as v1.1 (unanswerable questions counted wrong), a file of no questions scored 0."""
+    doc = squad()
+    qas = doc["data"][0]["paragraphs"][0]["qas"]
+    qas.append(dict(qas[0], question="And where else?"))
+    check_error(write(tmp_path, doc), "data[0].paragraphs[0].qas[1]: question id 'q1' is also "
+                                      "data[0].paragraphs[0].qas[0]'s")
+    check_error(write(tmp_path, squad(question="  ")), "qas[0] (id q1): the question is empty")
+    v2 = squad()
+    v2["version"] = "v2.0"
+    check_error(write(tmp_path, v2), "is a SQuAD v2.0 file")
+    check_error(write(tmp_path, squad(answers=[], is_impossible=True)), "an unanswerable question (SQuAD v2.0)")
+    check_error(write(tmp_path, squad(answers=[])), "no answer to score against")
+    empty = squad()
+    empty["data"][0]["paragraphs"][0]["qas"] = []
+    check_error(write(tmp_path, empty), "no questions in the file")
+    # Calibration reads no answers: a v2.0 file's questions are questions all the same.
+    (example,) = read_squad(write(tmp_path, squad(answers=[], is_impossible=True)), check_answers=False)
+    assert example.qas_id == "q1"
+
+
 # ---- the project's pydoc QA files (calibration and evaluation) ----
 
 PYDOC_DIR = Path(__file__).parents[1] / "calibrate" / "data"

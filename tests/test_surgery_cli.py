@@ -66,7 +66,14 @@ def test_inspect(tiny_onnx, tmp_path):
     r = _run("inspect", out)
     assert r.exit_code == 0
     assert "CustomQKVToContextPluginDynamic (has_mask=1, hidden_size=128, num_heads=2, plugin_version=1, type_id=1)" in r.output
-    assert "unfused encoder ops: none" in r.output and "validator: no problems" in r.output
+    assert "unfused encoder ops: none" in r.output and "validator (weakly typed): no problems" in r.output
+    # A trt10 graph keeps float32 tensors around FP16 plugins: fine for TensorRT 10's builder flag, no implementation
+    # in a strongly typed network (#14), which inspect says as well.
+    assert "validator (strongly typed, trt11): 17 more problem(s)" in r.output
+    assert "is float32, but type_id = 1 (FP16) needs float16" in r.output
+    _run("run", tiny_onnx, "-o", out, "--target", "trt11", "--precision", "fp16")
+    r = _run("inspect", out)
+    assert "validator (weakly typed): no problems" in r.output and "(strongly typed, trt11): no more problems" in r.output
     raw = _run("inspect", tiny_onnx)
     assert "plugin nodes: none" in raw.output and "Softmax x2" in raw.output
 
@@ -116,6 +123,37 @@ def test_sequence_beyond_positions(tiny_onnx, tmp_path):
     pos.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), pos.name))
     model = tmp_path / "m.onnx"
     onnx.save(m, model)
+    # The command refuses it before any pass runs: ONNX Runtime cannot run it (#14) ...
     r = _run("run", model, "-o", tmp_path / "out.onnx")
-    assert r.exit_code == 1
-    assert "the position table has 100 rows, fewer than the sequence length 128" in r.output
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert r.output.startswith(f"Error: {model}: ONNX Runtime cannot run it") and "100 by 128" in r.output
+    # ... and the embeddings pass, handed it anyway, says why it is no EmbLayerNorm.
+    from bertrt.surgery import pipeline
+
+    result = pipeline.run_file(model, target="trt10", precision="fp16")
+    misses = [m.reason for r in result.reports if r.name == "embeddings" for m in r.misses]
+    assert any("the position table has 100 rows, fewer than the sequence length 128" in m for m in misses), misses
+
+
+def test_a_fused_graph_onnx_checker_refuses_is_not_written(tiny_onnx, tmp_path, monkeypatch):
+    """#14: 15 fuzzed inputs came out as graphs reading a tensor nothing makes; the written graph is checked
+    before it takes its name. Here a pass that loses a node stands for the bug."""
+    from bertrt.surgery import pipeline
+
+    original = pipeline.run_graph
+
+    def losing_a_node(*args, **kwargs):
+        result = original(*args, **kwargs)
+        g = result.graph
+        victim = next(n for n in g.nodes if n.op == "CustomSkipLayerNormPluginDynamic")
+        g.nodes.remove(victim)  # its output is still read by the next node, and nothing makes it now
+        return result
+
+    monkeypatch.setattr(pipeline, "run_graph", losing_a_node)
+    out = tmp_path / "out" / "fused.onnx"
+    r = _run("run", tiny_onnx, "-o", out)
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {tiny_onnx}: the graph made from it fails onnx.checker (") and \
+        line.endswith("; nothing written"), line
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
