@@ -15,7 +15,7 @@ other node of the graph on PyTorch CUDA: not a TensorRT engine. Sections (each o
 Results go to OUT/kernels.json (and the logits files). The library comes from BERTRT_KERNELS_LIB or is built
 from --trt-oss.
 
-    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--pack DIR] [--latency]
+    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--pack DIR [--gemms float|half|both]] [--latency]
 """
 
 from __future__ import annotations
@@ -214,9 +214,26 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
     return results
 
 
+def minmax_ranges(w, L, N, lib, sm, feeds) -> dict[str, float]:
+    """The INT8 plugins' ranges: max |x| of each tensor they read or write, on the FP16 graph (one batch)."""
+    import torch
+
+    from bertrt.plugins.handbuilt import fused_bert, plugin_range_tensors, with_outputs
+    from bertrt.plugins.kernels.runner import KernelRunner
+
+    names = plugin_range_tensors(fused_bert(w, L, N, "int8"))
+    runner = KernelRunner(with_outputs(fused_bert(w, L, N, "fp16"), names), lib=lib, sm=sm, half_gemms=True)
+    with torch.no_grad():
+        out = runner.run_torch(feeds)
+    amax = {n: float(out[n].abs().max()) for n in names}
+    runner.close()
+    return amax
+
+
 def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
-    """fp16 BERT-Base/Large (the zoo's seeded weights) on the kernels backend (NVIDIA's plugin kernels, PyTorch
-    FP16 GEMMs) and on PyTorch fp16 HF BertForQuestionAnswering (SDPA), each replayed from a CUDA graph."""
+    """BERT-Base/Large (the zoo's seeded weights) on the kernels backend (NVIDIA's plugin kernels in FP16 and in
+    INT8 with min-max ranges, PyTorch FP16 GEMMs) and on PyTorch fp16 HF BertForQuestionAnswering (SDPA), each
+    replayed from a CUDA graph."""
     import torch
 
     from bertrt.plugins.handbuilt import fused_bert, random_bert_weights
@@ -256,9 +273,18 @@ def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
             times.append(a.elapsed_time(b))
         return float(np.median(times)), graph is not None
 
+    def random_feeds(B, S):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 30522, (B, S), generator=g, dtype=torch.int32).cuda()
+        return {"input_ids": ids, "segment_ids": torch.zeros((B, S), dtype=torch.int32).cuda(),
+                "input_mask": torch.ones((B, S), dtype=torch.int32).cuda()}
+
     for size, (L, E, N, I) in sizes.items():
         w = random_bert_weights(L, E, N, I, seed=0)
         runner = KernelRunner(fused_bert(w, L, N, "fp16"), lib=lib, sm=sm, half_gemms=True)
+        amax = minmax_ranges(w, L, N, lib, sm, random_feeds(8, 384))
+        log(f"{size}: INT8 ranges of {len(amax)} tensors, max {max(amax.values()):.3g}, min {min(amax.values()):.3g}")
+        runner8 = KernelRunner(fused_bert(w, L, N, "int8"), amax=amax, lib=lib, sm=sm, half_gemms=True)
         del w
         from transformers import BertConfig, BertForQuestionAnswering
 
@@ -267,17 +293,23 @@ def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
         hf = BertForQuestionAnswering(cfg).half().cuda().eval()
         for B in batches:
             for S in seqs:
-                g = torch.Generator().manual_seed(0)
-                ids = torch.randint(0, 30522, (B, S), generator=g, dtype=torch.int32).cuda()
-                seg = torch.zeros((B, S), dtype=torch.int32).cuda()
-                mask = torch.ones((B, S), dtype=torch.int32).cuda()
-                feeds = {"input_ids": ids, "segment_ids": seg, "input_mask": mask}
+                feeds = random_feeds(B, S)
+                ids, seg, mask = feeds["input_ids"], feeds["segment_ids"], feeds["input_mask"]
                 row = {"model": size, "batch": B, "seq": S}
                 try:
                     with torch.no_grad():
                         row["kernels_fp16_ms"], row["kernels_graph"] = timed(lambda: runner.run_torch(feeds))
                 except Exception as e:
                     row["kernels_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                try:
+                    with torch.no_grad():
+                        row["kernels_int8_ms"], row["kernels_int8_graph"] = timed(lambda: runner8.run_torch(feeds))
+                        a = runner.run_torch(feeds)["logits"].float()
+                        b = runner8.run_torch(feeds)["logits"].float()
+                    row["int8_vs_fp16_max_abs"] = float((a - b).abs().max())
+                    row["fp16_max_abs_logit"] = float(a.abs().max())
+                except Exception as e:
+                    row["kernels_int8_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 try:
                     ids64, m64 = ids.long(), mask.long()
                     with torch.no_grad():
@@ -289,7 +321,8 @@ def latency(lib, sm, batches, seqs, iters: int = 20) -> list[dict]:
                 rows.append(row)
                 torch.cuda.empty_cache()
         runner.close()
-        del hf, runner
+        runner8.close()
+        del hf, runner, runner8
         torch.cuda.empty_cache()
     return rows
 
@@ -303,7 +336,8 @@ def main():
     ap.add_argument("--plugins", action="store_true")
     ap.add_argument("--pack", type=Path, default=None)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--half-gemms", action="store_true", help="--pack: also a run with the GEMMs in FP16")
+    ap.add_argument("--gemms", choices=("float", "half", "both"), default="float",
+                    help="--pack: the GEMMs in float32 as the graph declares, in FP16, or both runs [default: float]")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--latency-batches", default="1,8,32,128")
     ap.add_argument("--latency-seqs", default="128,384")
@@ -334,9 +368,8 @@ def main():
         result["plugins"] = check_plugins(lib, sm, args.out)
         save()
     if args.pack:
-        result["graphs"] = run_pack(args.pack, args.out, lib, sm, args.batch)
-        if args.half_gemms:
-            result["graphs"] += run_pack(args.pack, args.out, lib, sm, args.batch, half_gemms=True)
+        result["graphs"] = [r for half in {"float": (False,), "half": (True,), "both": (False, True)}[args.gemms]
+                            for r in run_pack(args.pack, args.out, lib, sm, args.batch, half_gemms=half)]
         save()
     if args.latency:
         result["latency"] = latency(lib, sm, [int(b) for b in args.latency_batches.split(",")],

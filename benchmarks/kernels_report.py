@@ -24,6 +24,36 @@ def verdict(r) -> str:
     return "ok" if r["max_abs"] <= bound else "**over**"
 
 
+def latency_section(lat: list[dict]) -> list[str]:
+    """The latency table of kernels_h200.py's `latency {...}` log lines (FP16 and INT8 plugins, PyTorch fp16)."""
+    def ms(v):
+        return f"{v:.2f}" if v else ""
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a and b else ""
+
+    L = ["## Latency (ms per batch, median of 20 CUDA-graph replays)", "",
+         "kernels: the handbuilt fused BERT graph with the zoo's seeded random weights, MatMuls in FP16 on PyTorch, "
+         "the activations between nodes in float32 (as the graph declares); FP16: FP16 plugins; INT8: INT8 "
+         "QKVToContext and SkipLayerNorm (EmbLayerNorm FP16 out, INT8 mask), each plugin tensor's range the max |x| "
+         "of the FP16 graph on one batch (8 x 384, seed 0), the quantize/dequantize around each INT8 plugin done on "
+         "PyTorch, the GEMMs still FP16 (TensorRT would run them in INT8). PyTorch: Hugging Face "
+         "`BertForQuestionAnswering`, `.half()`, SDPA attention, same sizes, random init. All captured in CUDA "
+         "graphs, same run, same GPU. 'INT8 vs FP16 logits': max |INT8 − FP16| of the kernels graphs on that batch "
+         "(max |FP16 logit| in brackets).", "",
+         "| model | batch | seq | kernels FP16 (ms) | kernels INT8 (ms) | PyTorch fp16 SDPA (ms) | FP16 / PyTorch "
+         "| INT8 / PyTorch | INT8 vs FP16 logits |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for r in lat:
+        k, k8, t = r.get("kernels_fp16_ms"), r.get("kernels_int8_ms"), r.get("torch_fp16_ms")
+        dev = (f"{r['int8_vs_fp16_max_abs']:.3f} ({r['fp16_max_abs_logit']:.3f})" if "int8_vs_fp16_max_abs" in r
+               else "")
+        L.append(f"| {r['model']} | {r['batch']} | {r['seq']} | {ms(k) or r.get('kernels_error', '')} | "
+                 f"{ms(k8) or r.get('kernels_int8_error', 'not measured')} | {ms(t) or r.get('torch_error', '')} | "
+                 f"{ratio(k, t)} | {ratio(k8, t)} | {dev} |")
+    return L + [""]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plugins", type=Path, required=True)
@@ -122,21 +152,7 @@ def main():
         ref_ort = f"{r['ref_vs_ort_max_abs']:.3f}" if "ref_vs_ort_max_abs" in r else ""
         w(f"| {r['model']} | {r['gpu_em']:.2f} | {r['gpu_f1']:.2f} | {ref} {r['vs_ort_max_abs']:.3f} | {ref_ort} |")
     w("")
-    w("## Latency (ms per batch, median of 20 CUDA-graph replays)")
-    w("")
-    w("kernels: the handbuilt fused BERT graph with the zoo's seeded random weights, FP16 plugins, MatMuls in FP16 "
-      "on PyTorch, the activations between nodes in float32 (as the graph declares). PyTorch: Hugging Face "
-      "`BertForQuestionAnswering`, `.half()`, SDPA attention, same sizes, random init. Both captured in CUDA graphs, "
-      "same run, same GPU. INT8 latency: not measured.")
-    w("")
-    w("| model | batch | seq | kernels FP16 (ms) | PyTorch fp16 SDPA (ms) | kernels / PyTorch |")
-    w("|---|---|---|---|---|---|")
-    for r in lat:
-        k, t = r.get("kernels_fp16_ms"), r.get("torch_fp16_ms")
-        ratio = f"{k / t:.2f}" if k and t else ""
-        w(f"| {r['model']} | {r['batch']} | {r['seq']} | {k:.2f} | {t:.2f} | {ratio} |" if k and t else
-          f"| {r['model']} | {r['batch']} | {r['seq']} | {r.get('kernels_error', '')} | {r.get('torch_error', '')} | |")
-    w("")
+    L += latency_section(lat)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(L) + "\n")
 

@@ -40,8 +40,8 @@ def main():
                                         max_seq_length=sa.SEQ)
         gpu = np.load(gpu_file)
         row = {"model": name, "features": int(gpu.shape[0])}
-        for side, logits in (("gpu", gpu), ("cpu_ref", np.load(args.prep / f"{name}.ref.npy")
-                                             if (args.prep / f"{name}.ref.npy").exists() else None)):
+        ref_path = args.prep / f"{name.removesuffix('.half-gemms')}.ref.npy"  # the same graph's CPU reference
+        for side, logits in (("gpu", gpu), ("cpu_ref", np.load(ref_path) if ref_path.exists() else None)):
             if logits is None:
                 continue
             texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
@@ -49,7 +49,7 @@ def main():
             row[f"{side}_em"], row[f"{side}_f1"] = s["exact_match"], s["f1"]
             row[f"{side}_texts"] = texts
         if "cpu_ref_texts" in row:
-            ref = np.load(args.prep / f"{name}.ref.npy")
+            ref = np.load(ref_path)
             row["vs_ref_max_abs"] = float(np.abs(gpu - ref).max())
             row["same_answers"] = sum(row["gpu_texts"][k] == v for k, v in row["cpu_ref_texts"].items())
         ort = np.load(args.prep / f"{model}-ort.npy")

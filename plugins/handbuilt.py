@@ -128,9 +128,12 @@ def fused_bert(weights: dict[str, np.ndarray], num_layers: int, num_heads: int, 
     """The fixed-length fused graph: plugins in [S, B, E, 1, 1], standard GEMMs and GELU between them.
 
     precision "fp16" sets type_id = mha_type_id = output_fp16 = 1 with float32 graph tensors, as a
-    weakly-typed TensorRT 10 build with the FP16 flag sees it.
+    weakly-typed TensorRT 10 build with the FP16 flag sees it; "int8" sets QKVToContext's and SkipLayerNorm's
+    type_id = 2 and EmbLayerNorm's mha_type_id = 2 with an FP16 output (TensorRT 10 implicit INT8: the plugins
+    then need the dynamic ranges of their tensors, see ``plugin_range_tensors``).
     """
-    type_id = {"fp32": 0, "fp16": 1}[precision]
+    type_id = {"fp32": 0, "fp16": 1, "int8": 2}[precision]
+    emb_out_fp16, emb_mha = (1, 2) if type_id == 2 else (type_id, type_id)
     b = _Builder()
     inputs = _inputs()
     sb = [b.op("Transpose", [t], {"perm": [1, 0]}, base=f"{t.name}_SB", dtype=np.int32) for t in inputs]
@@ -141,7 +144,7 @@ def fused_bert(weights: dict[str, np.ndarray], num_layers: int, num_heads: int, 
         ("word_embeddings", "word_embeddings"), ("token_type_embeddings", "token_type_embeddings"),
         ("position_embeddings", "position_embeddings"))}
     b.graph.nodes.append(make_plugin_node(get_spec(EMB_LAYER_NORM, emb_version), sb, [emb, mask_idx],
-                                          {**fields, "output_fp16": type_id, "mha_type_id": type_id}, name="emb_ln"))
+                                          {**fields, "output_fp16": emb_out_fp16, "mha_type_id": emb_mha}, name="emb_ln"))
     x5 = emb
     for i in range(num_layers):
         kernel, bias = qkv_weights_n3h(weights, i, num_heads)
@@ -161,6 +164,23 @@ def fused_bert(weights: dict[str, np.ndarray], num_layers: int, num_heads: int, 
                      weights["cls/squad/output_bias"], base="squad")
     logits = b.op("Transpose", [logits], {"perm": [1, 0, 2]}, base="logits_BS")
     return b.finish(inputs, logits)
+
+
+def plugin_range_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors an INT8 fused_bert graph's plugins read and write in INT8 (the ranges they need)."""
+    names = []
+    for n in model.graph.node:
+        if n.op_type in (QKV_TO_CONTEXT, SKIP_LAYER_NORM):
+            names += [t for t in [*n.input[:1 if n.op_type == QKV_TO_CONTEXT else 2], *n.output] if t]
+    return list(dict.fromkeys(names))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the float32 tensors ``names`` (for a min-max calibration)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    return out
 
 
 def _skip(b, version, x, skip, type_id, weights, layer, prefix, name):

@@ -348,3 +348,30 @@ def test_compare_with_kernels_backend_without_gpu_exits_3(fused_tiny, tree):
                                  "--trt-oss", str(tree), "--seq", "16"])
     assert r.exit_code == 3, r.output
     assert "Traceback" not in r.output
+
+
+def test_handbuilt_int8_graph_runs_with_min_max_ranges_on_the_reference():
+    """The INT8 graph of the latency benchmark: its plugins take the ranges plugin_range_tensors names (measured
+    on the FP32 graph through with_outputs), quantize for real and stay close to the FP32 graph."""
+    from bertrt.plugins.handbuilt import fused_bert, plugin_range_tensors, random_bert_weights, with_outputs
+    from bertrt.plugins.runner import ReferenceRunner
+
+    w = random_bert_weights(1, 768, 12, 256, vocab=100, max_pos=128)
+    g = np.random.default_rng(0)
+    feeds = {"input_ids": g.integers(0, 100, (1, 128)).astype(np.int32),
+             "segment_ids": np.zeros((1, 128), np.int32), "input_mask": np.ones((1, 128), np.int32)}
+    m8 = fused_bert(w, 1, 12, "int8")
+    types = {n.op_type: {a.name: a.i for a in n.attribute if a.name in ("type_id", "mha_type_id", "output_fp16")}
+             for n in m8.graph.node if n.op_type.startswith("Custom")}
+    assert types["CustomQKVToContextPluginDynamic"]["type_id"] == 2
+    assert types["CustomSkipLayerNormPluginDynamic"]["type_id"] == 2
+    assert types["CustomEmbLayerNormPluginDynamic"] == {"output_fp16": 1, "mha_type_id": 2}
+    names = plugin_range_tensors(m8)
+    assert len(names) == 7  # QKV in and out; each SkipLayerNorm in, skip, out (the first out is the second skip)
+    with pytest.raises(BertrtError, match="no amax"):
+        ReferenceRunner(m8).run(feeds)
+    ref = ReferenceRunner(with_outputs(fused_bert(w, 1, 12, "fp32"), names)).run(feeds)
+    amax = {n: float(np.abs(ref[n]).max()) for n in names}
+    out = ReferenceRunner(m8, amax=amax).run(feeds)["logits"]
+    err = np.abs(out - ref["logits"]).max()
+    assert 1e-4 < err < 0.1 * np.abs(ref["logits"]).max()
