@@ -8,14 +8,16 @@ other node of the graph on PyTorch CUDA: not a TensorRT engine. Sections (each o
   --plugins        the per-plugin table: each plugin node on NVIDIA's kernel and on the CPU reference, on the
                    same inputs (bertrt.plugins.kernels.check)
   --pack DIR       whole fused graphs (benchmarks/kernels_pack.py) on the features next to them: logits saved as
-                   <model>.kernels.npy for SQuAD EM/F1 and the comparison with ONNX Runtime (done on the CPU)
+                   <model>.kernels.npy for SQuAD EM/F1 and the comparison with ONNX Runtime (done on the CPU);
+                   --dump-attention N also saves every QKVToContext node's input and output on N features
   --latency        BERT-Base / BERT-Large (the zoo's seeded weights) latency, CUDA graphs, next to PyTorch fp16
                    Hugging Face BertForQuestionAnswering (SDPA)
 
 Results go to OUT/kernels.json (and the logits files). The library comes from BERTRT_KERNELS_LIB or is built
 from --trt-oss.
 
-    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--pack DIR [--gemms float|half|both]] [--latency]
+    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--pack DIR [--gemms float|half|both]
+        [--dump-attention N]] [--latency]
 """
 
 from __future__ import annotations
@@ -181,7 +183,27 @@ def check_plugins(lib, sm, out: Path) -> list[dict]:
     return rows
 
 
-def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False) -> list[dict]:
+def dump_attention(model, feats, out_file: Path, lib, sm, amax, half_gemms: bool, n: int):
+    """Each QKVToContext node's input and output on NVIDIA's kernel for the first ``n`` features, saved for study
+    on the CPU (the node's own CPU reference can be run on the same input there)."""
+    import torch
+
+    from bertrt.plugins.handbuilt import with_outputs
+    from bertrt.plugins.kernels.runner import KernelRunner
+
+    nodes = [nd for nd in model.graph.node if nd.op_type.startswith("CustomQKVToContext")]
+    names = [nd.input[0] for nd in nodes] + [nd.output[0] for nd in nodes]
+    runner = KernelRunner(with_outputs(model, names), amax=amax, lib=lib, sm=sm, half_gemms=half_gemms)
+    with torch.no_grad():
+        got = runner.run_torch({k: feats[k][:n] for k in ("input_ids", "segment_ids", "input_mask")})
+    runner.close()
+    np.savez_compressed(out_file, input_mask=feats["input_mask"][:n],
+                        **{f"{nd.name}/{io}": got[t].float().cpu().numpy()
+                           for nd in nodes for io, t in (("in", nd.input[0]), ("out", nd.output[0]))})
+    log(f"{out_file.name}: {len(nodes)} QKVToContext nodes' input and output on {n} features")
+
+
+def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False, dump: int = 0) -> list[dict]:
     import torch
     from kernels_pack import unpack
 
@@ -195,7 +217,8 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
         amax_path = folder / f"{name}.amax.json"
         amax = json.loads(amax_path.read_text()) if amax_path.exists() else None
         start = time.perf_counter()
-        runner = KernelRunner(unpack(folder, name), amax=amax, lib=lib, sm=sm, half_gemms=half_gemms)
+        model = unpack(folder, name)
+        runner = KernelRunner(model, amax=amax, lib=lib, sm=sm, half_gemms=half_gemms)
         name = name + (".half-gemms" if half_gemms else "")
         n = feats["input_ids"].shape[0]
         logits = []
@@ -211,6 +234,8 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
         results.append({"model": name, "features": n, "batch": batch, "seconds": t1 - t0,
                         "load_seconds": t0 - start, "finite": bool(np.isfinite(arr).all())})
         log(f"{name}: {n} features in {t1 - t0:.1f} s (load {t0 - start:.1f} s), finite {np.isfinite(arr).all()}")
+        if dump:
+            dump_attention(model, feats, out / f"{name}.attention.npz", lib, sm, amax, half_gemms, dump)
     return results
 
 
@@ -338,6 +363,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--gemms", choices=("float", "half", "both"), default="float",
                     help="--pack: the GEMMs in float32 as the graph declares, in FP16, or both runs [default: float]")
+    ap.add_argument("--dump-attention", type=int, default=0, metavar="N",
+                    help="--pack: also save each QKVToContext node's input and output for the first N features")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--latency-batches", default="1,8,32,128")
     ap.add_argument("--latency-seqs", default="128,384")
@@ -369,7 +396,8 @@ def main():
         save()
     if args.pack:
         result["graphs"] = [r for half in {"float": (False,), "half": (True,), "both": (False, True)}[args.gemms]
-                            for r in run_pack(args.pack, args.out, lib, sm, args.batch, half_gemms=half)]
+                            for r in run_pack(args.pack, args.out, lib, sm, args.batch, half_gemms=half,
+                                             dump=args.dump_attention)]
         save()
     if args.latency:
         result["latency"] = latency(lib, sm, [int(b) for b in args.latency_batches.split(",")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +12,8 @@ import pytest
 from onnx import helper
 
 from bertrt.plugins import reference as ref
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 RNG = np.random.default_rng(1234)
 
@@ -360,3 +363,56 @@ def test_qkv_int8_output_saturates_at_minus_128(layout):
     expected = np.clip(np.rint(vq * s_qkv / s_ctx), -128, 127)
     assert expected.tolist() == [-128, 127, 32, -32]
     np.testing.assert_array_equal(np.rint(out / s_ctx), expected)
+
+
+# ---------------------------------------------------------------- fused MHA v2 FP16 arithmetic (#13)
+
+
+def test_half_accumulator_loses_what_a_half_cannot_hold():
+    # Q.K^T of head size 64 in four 16-wide slices: 1000 from the first, 0.25 from each other. A half holds
+    # 1000 and 1000.5 but not 1000.25, so each later addition rounds back to 1000 (float32 keeps 1000.75).
+    q = np.zeros((1, 1, 64), np.float32)
+    k = np.zeros((1, 2, 64), np.float32)
+    q[0, 0, [0, 16, 32, 48]] = [1000.0, 0.25, 0.25, 0.25]
+    k[0, 0, [0, 16, 32, 48]] = 1.0  # key 0: 1000 (half) or 1000.75 (float32)
+    k[0, 1, 0] = 1.0  # key 1: 1000 in both
+    logits = ref.matmul_half_acc(q, k.transpose(0, 2, 1))
+    assert logits.tolist() == [[[1000.0, 1000.0]]]
+    assert np.matmul(q, k.transpose(0, 2, 1)).tolist() == [[[1000.75, 1000.0]]]
+    # In attention, key 0 (value 1) and key 1 (value 0) then tie: the context is 1/2 exactly; float32's
+    # 0.09375 lead (1000.75 / 8 - 1000 / 8) gives 1 / (1 + e^-0.09375) = 0.5234 instead.
+    v = np.zeros((2, 1, 64), np.float32)
+    v[0, 0, :] = 1.0
+    qs, ks = q.transpose(1, 0, 2), k.transpose(1, 0, 2)  # [L, N, H]
+    assert ref.attention(qs, ks, v, half_acc=True)[0, 0, 0] == 0.5
+    np.testing.assert_allclose(ref.attention(qs, ks, v)[0, 0, 0], 1 / (1 + np.exp(-0.09375)), rtol=1e-6)
+
+
+def test_varseqlen_fp16_head64_follows_nvidia_fused_mha_v2():
+    # One head of one sequence, as NVIDIA's fmha v2 FP16 kernel wrote it on an H200 (tests/fixtures/README.md).
+    d = np.load(FIXTURES / "fmha_v2_fp16.npz")
+    qkv, kernel = d["qkv"].astype(np.float32), d["kernel"].astype(np.float32)
+    L, H = kernel.shape
+    # num_heads=1 over 3 x 64 channels: the [N, 3, H] layout of one head; head size 64 selects the fused path
+    out = ref.qkv_varseqlen(qkv.reshape(L, 3 * H, 1, 1), np.array([0, L]), 1, type_id=1).reshape(L, H)
+    exact = float((out == kernel).mean())
+    assert exact >= 0.995, exact
+    assert np.abs(out - kernel).max() <= 2 ** -8
+    # the float32 attention (what the reference did before) matches far fewer elements
+    q, k, v = ref.split_qkv(qkv, 1)
+    plain = ref.round_fp16(ref.attention(q, k, v)[:, 0])
+    assert float((plain == kernel).mean()) < 0.5
+
+
+def test_varseqlen_half_accumulators_only_for_the_fused_head_size():
+    # Head size 32 (no fused v2 kernel verified) and FP32 keep the float32 attention.
+    rng = np.random.default_rng(3)
+    x = ref.round_fp16(rng.standard_normal((40, 3 * 64, 1, 1)).astype(np.float32) * 3)
+    cu = np.array([0, 40])
+    for heads, t in ((2, 1), (1, 0)):  # 2 heads of 32 in FP16; 1 head of 64 in FP32
+        q, k, v = ref.split_qkv(x.reshape(40, -1), heads)
+        expected = ref.at_precision(ref.attention(q, k, v), t).reshape(40, 64, 1, 1)
+        np.testing.assert_array_equal(ref.qkv_varseqlen(x, cu, heads, type_id=t), expected)
+    q, k, v = ref.split_qkv(x.reshape(40, -1), 1)
+    half = ref.round_fp16(ref.attention(q, k, v, half_acc=True)).reshape(40, 64, 1, 1)
+    np.testing.assert_array_equal(ref.qkv_varseqlen(x, cu, 1, type_id=1), half)
