@@ -10,6 +10,7 @@ other node of the graph on PyTorch CUDA: not a TensorRT engine. Sections (each o
   --pack DIR       whole fused graphs (benchmarks/kernels_pack.py) on the features next to them: logits saved as
                    <model>.kernels.npy for SQuAD EM/F1 and the comparison with ONNX Runtime (done on the CPU);
                    --dump-attention N also saves every QKVToContext node's input and output on N features
+  --probe-fmha     the fixed-length FP16 fused attention on inputs that read out its probabilities (probe.npz)
   --latency        BERT-Base / BERT-Large (the zoo's seeded weights) latency, CUDA graphs, next to PyTorch fp16
                    Hugging Face BertForQuestionAnswering (SDPA)
 
@@ -183,9 +184,20 @@ def check_plugins(lib, sm, out: Path) -> list[dict]:
     return rows
 
 
+def _feeds(model, feats, lo, hi):
+    """Features lo..hi as the graph takes them: padded [B, S], or packed for a var-seqlen graph (as bertrt's
+    backends pack them: bertrt.run.packing)."""
+    from bertrt.run.packing import model_max_length, pack_varseqlen
+
+    f = {k: feats[k][lo:hi] for k in ("input_ids", "segment_ids", "input_mask")}
+    if "cu_seqlens" in {i.name for i in model.graph.input}:
+        return pack_varseqlen(f, max_len=model_max_length(model)), f["input_mask"]
+    return f, None
+
+
 def dump_attention(model, feats, out_file: Path, lib, sm, amax, half_gemms: bool, n: int):
     """Each QKVToContext node's input and output on NVIDIA's kernel for the first ``n`` features, saved for study
-    on the CPU (the node's own CPU reference can be run on the same input there)."""
+    on the CPU (the node's own CPU reference can be run on the same input there): float16 for an FP16 graph."""
     import torch
 
     from bertrt.plugins.handbuilt import with_outputs
@@ -194,13 +206,50 @@ def dump_attention(model, feats, out_file: Path, lib, sm, amax, half_gemms: bool
     nodes = [nd for nd in model.graph.node if nd.op_type.startswith("CustomQKVToContext")]
     names = [nd.input[0] for nd in nodes] + [nd.output[0] for nd in nodes]
     runner = KernelRunner(with_outputs(model, names), amax=amax, lib=lib, sm=sm, half_gemms=half_gemms)
+    feeds, _ = _feeds(model, feats, 0, n)
     with torch.no_grad():
-        got = runner.run_torch({k: feats[k][:n] for k in ("input_ids", "segment_ids", "input_mask")})
+        got = runner.run_torch(feeds)
     runner.close()
-    np.savez_compressed(out_file, input_mask=feats["input_mask"][:n],
-                        **{f"{nd.name}/{io}": got[t].float().cpu().numpy()
+    dtype = np.float32 if amax else np.float16
+    np.savez_compressed(out_file, **{k: np.asarray(v) for k, v in feeds.items()},
+                        **{f"{nd.name}/{io}": got[t].float().cpu().numpy().astype(dtype)
                            for nd in nodes for io, t in (("in", nd.input[0]), ("out", nd.output[0]))})
     log(f"{out_file.name}: {len(nodes)} QKVToContext nodes' input and output on {n} features")
+
+
+def probe_fmha_fp16(lib, sm, out: Path) -> list[dict]:
+    """The fixed-length FP16 fused attention (QKV v4, head size 64) on inputs that expose its arithmetic: one head,
+    one full sequence, random Q and K, and V one-hot per key (V[j] = e_(j - k0) for keys k0..k0+63, else 0), so
+    that each output is one probability times 1 and P.V adds nothing to it: the output is the kernel's P itself.
+    A last run with random V shows P.V. Inputs and outputs are saved (probe.npz) for study on the CPU."""
+    from bertrt.plugins.kernels.check import Case, _node, run_case
+    from bertrt.plugins.nodes import QKV_TO_CONTEXT, TYPE_FP16
+
+    rng = np.random.default_rng(7)
+    saved, rows = {}, []
+    for S in (128, 384):
+        H = 64
+        qk = (rng.standard_normal((S, 2, H)) * 2).astype(np.float16).astype(np.float32)
+        vs = {f"onehot{k0}": np.eye(S, H, -k0, dtype=np.float32) for k0 in range(0, S, H)}
+        vs["random"] = (rng.standard_normal((S, H)) * 2).astype(np.float16).astype(np.float32)
+        for name, v in vs.items():
+            x = np.concatenate([qk, v[:, None]], 1).reshape(S, 1, 3 * H, 1, 1)  # [S, B=1, (N=1, 3, H)]
+            lens = np.array([S], np.int32)
+            node = _node(QKV_TO_CONTEXT, "4", 2, 1, {"type_id": TYPE_FP16, "hidden_size": H, "num_heads": 1,
+                                                    "has_mask": 1}, f"probe_{S}_{name}")
+            mask_sb = np.ones((S, 1), np.int32)
+            case = Case(QKV_TO_CONTEXT, "4", "fp16", "fixed", S, "probe", node, [x, lens.reshape(1, 1)],
+                        [x, mask_sb], packed_mask=True, lengths=lens)
+            try:
+                res = run_case(case, lib, sm)
+                saved[f"S{S}/{name}/x"] = x.reshape(S, 3 * H).astype(np.float16)
+                saved[f"S{S}/{name}/out"] = next(iter(res.kernel.values())).reshape(S, H).astype(np.float16)
+                rows.append({"seq": S, "v": name, "max_abs_vs_ref": res.outputs[0][1]})
+            except Exception as e:
+                rows.append({"seq": S, "v": name, "error": f"{type(e).__name__}: {e}"})
+            log(f"probe {rows[-1]}")
+    np.savez_compressed(out / "probe.npz", **saved)
+    return rows
 
 
 def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False, dump: int = 0) -> list[dict]:
@@ -208,11 +257,12 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
     from kernels_pack import unpack
 
     from bertrt.plugins.kernels.runner import KernelRunner
+    from bertrt.run.packing import unpack_varseqlen
 
     results = []
     index = json.loads((folder / "index.json").read_text())
     for name in index:
-        model_name = name.split("-fused")[0].split("-int8")[0]
+        model_name = name.split("-fused")[0].split("-int8")[0].split("-varseqlen")[0]
         feats = np.load(folder / f"{model_name}-features.npz")
         amax_path = folder / f"{name}.amax.json"
         amax = json.loads(amax_path.read_text()) if amax_path.exists() else None
@@ -224,8 +274,9 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
         logits = []
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            f = {k: feats[k][i:i + batch] for k in ("input_ids", "segment_ids", "input_mask")}
-            logits.append(runner.run(f)["logits"])
+            f, mask = _feeds(model, feats, i, i + batch)
+            got = runner.run(f)["logits"]
+            logits.append(got if mask is None else unpack_varseqlen(got, mask))
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         runner.close()
@@ -365,6 +416,8 @@ def main():
                     help="--pack: the GEMMs in float32 as the graph declares, in FP16, or both runs [default: float]")
     ap.add_argument("--dump-attention", type=int, default=0, metavar="N",
                     help="--pack: also save each QKVToContext node's input and output for the first N features")
+    ap.add_argument("--probe-fmha", action="store_true",
+                    help="the fixed-length FP16 fused attention on inputs that expose its arithmetic (probe.npz)")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--latency-batches", default="1,8,32,128")
     ap.add_argument("--latency-seqs", default="128,384")
@@ -393,6 +446,9 @@ def main():
         save()
     if args.plugins:
         result["plugins"] = check_plugins(lib, sm, args.out)
+        save()
+    if args.probe_fmha:
+        result["probe"] = probe_fmha_fp16(lib, sm, args.out)
         save()
     if args.pack:
         result["graphs"] = [r for half in {"float": (False,), "half": (True,), "both": (False, True)}[args.gemms]

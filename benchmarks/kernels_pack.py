@@ -52,7 +52,7 @@ def pack(models: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
             t.raw_data = b""
         (out_dir / f"{name}.skeleton.onnx").write_bytes(model.SerializeToString())
         index[name] = refs
-    np.savez(out_dir / "weights.npz", **store)
+    np.savez_compressed(out_dir / "weights.npz", **store)
     (out_dir / "index.json").write_text(json.dumps(index))
     return index
 

@@ -111,7 +111,8 @@ class PluginExecutor:
         if mask is not None and self.spec.padded_mask_rank == 2 and mask.ndim == 2 and mask.shape[1] != 1:
             raise BertrtError(f"plugin {self.name}: packed mask [B, {mask.shape[1]}] is GPU-specific; the CPU "
                               "reference needs the maskIdx form [B, 1]")
-        return [ref.qkv_fixed(x, N, mask, t, s_qkv, s_ctx, v["dq_probs"])]
+        fused = bool(v["has_mask"]) and bool(self.spec.fused_head_sizes)  # v1/v4: the fused runner where it has kernels
+        return [ref.qkv_fixed(x, N, mask, t, s_qkv, s_ctx, v["dq_probs"], fused=fused)]
 
     def _skip(self, a):
         v = self.v

@@ -14,9 +14,10 @@ Numerics:
   plugin sources never specialise; an unspecialised numeric_limits returns T() = 0, so FP16_SKIP_EPS = 0.
   FP16 accumulation inside the kernels is not modelled (statistics stay in float32): expect ~1e-2
   against a GPU, which is what the fp16 comparison tolerance allows.
-* Attention runs in float32 (matmuls) with an exact softmax; masked keys get probability 0 exactly. The
-  var-seqlen FP16 plugin with head size 64 runs NVIDIA's fused MHA v2 kernels, whose tensor-core products
-  keep half accumulators: that path follows them (see FMHA_V2_MMA_K).
+* Attention runs in float32 (matmuls) with an exact softmax; masked keys get probability 0 exactly. Where the
+  plugin runs NVIDIA's fused MHA FP16 kernels (head size 64: the var-seqlen plugin's v2 kernels; the fixed-length
+  plugin's v1 kernels at S 128 and 384), the reference follows their half accumulators (FMHA_V2_MMA_K,
+  FMHA_V1_PV_GROUPS).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ INT8_OUT_MIN = -128
 # 99.7 % (S=384) of the elements, the rest within 0.002 / 0.01; the float32 attention it replaces matched 17-22 %
 # (sm_90, issue #13, benchmarks/results/kernels-h200.md; tests/fixtures/fmha_v2_fp16.npz holds one sequence).
 FMHA_V2_MMA_K = 16
+# The fixed-length plugin's fused FP16 kernels (fmha v1, head size 64) compute Q.K^T and P the same way, but P.V
+# deals the keys' 16-wide slices round-robin to several half accumulators, added up in half at the end: 2 at
+# S=128, 8 at S=384 (read out on sm_90 with V one-hot per key, which makes the output P itself, then P.V with a
+# random V: 99.98 % bit exact; `benchmarks/kernels_h200.py --probe-fmha`). Other lengths keep float32 attention.
+FMHA_V1_PV_GROUPS = {128: 2, 384: 8}
 
 
 # ---------------------------------------------------------------- precision helpers
@@ -144,9 +150,10 @@ def emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, output_fp16=Fals
 # ---------------------------------------------------------------- QKVToContext (§4.2)
 
 
-def matmul_half_acc(a: np.ndarray, b: np.ndarray, k: int = FMHA_V2_MMA_K) -> np.ndarray:
-    """a @ b (batched) as a tensor core with a half accumulator computes it: the inner dimension in slices of k,
-    each slice's products summed in float32, added to the accumulator and rounded to half."""
+def matmul_half_acc(a: np.ndarray, b: np.ndarray, k: int = FMHA_V2_MMA_K, groups: int = 1) -> np.ndarray:
+    """a @ b (batched) as a tensor core with half accumulators computes it: the inner dimension in slices of k,
+    each slice's products summed in float32, added to its accumulator and rounded to half; slice c goes to
+    accumulator c % groups, and the accumulators are added in half, in order, at the end."""
     K = a.shape[-1]
     C = -(-K // k)
     if C * k != K:  # zero slices add nothing, as the kernels' padding of the keys
@@ -154,19 +161,25 @@ def matmul_half_acc(a: np.ndarray, b: np.ndarray, k: int = FMHA_V2_MMA_K) -> np.
         b = np.concatenate([b, np.zeros(b.shape[:-2] + (C * k - K, b.shape[-1]), b.dtype)], -2)
     # every slice's partial product at once: [..., C, M, N]
     parts = np.matmul(np.moveaxis(a.reshape(a.shape[:-1] + (C, k)), -2, -3), b.reshape(b.shape[:-2] + (C, k, b.shape[-1])))
-    acc = round_fp16(parts[..., 0, :, :])
-    for c in range(1, C):
-        acc = round_fp16(acc + parts[..., c, :, :])
+    accs = [None] * groups
+    for c in range(C):
+        g, part = c % groups, parts[..., c, :, :]
+        accs[g] = round_fp16(part if accs[g] is None else accs[g] + part)
+    acc = accs[0]
+    for other in accs[1:]:
+        if other is not None:
+            acc = round_fp16(acc + other)
     return acc
 
 
 def attention(q, k, v, nvalid: int | None = None, dq_probs: float | None = None,
-              half_acc: bool = False) -> np.ndarray:
+              half_acc: bool = False, pv_groups: int = 1) -> np.ndarray:
     """Softmax attention of one sequence. q, k, v: [L, N, H] -> [L, N, H].
 
     Keys at positions >= nvalid get probability 0; nvalid = 0 gives zeros. With dq_probs the
     probabilities are quantized to multiples of dq_probs (INT8 path). half_acc: both products with half
-    accumulators and P in half, as the fused MHA v2 FP16 kernels compute them (FMHA_V2_MMA_K).
+    accumulators and P in half, as the fused MHA FP16 kernels compute them (FMHA_V2_MMA_K), P.V with pv_groups
+    accumulators (FMHA_V1_PV_GROUPS).
     """
     L, N, H = q.shape
     if nvalid == 0:
@@ -181,9 +194,9 @@ def attention(q, k, v, nvalid: int | None = None, dq_probs: float | None = None,
     p /= p.sum(-1, keepdims=True)
     if dq_probs is not None:
         p = fake_quant(p, dq_probs)
-    if half_acc:
-        p = round_fp16(p)
-    return mm(p, vn).transpose(1, 0, 2)
+    if not half_acc:
+        return np.matmul(p, vn).transpose(1, 0, 2)
+    return matmul_half_acc(round_fp16(p), vn, groups=pv_groups).transpose(1, 0, 2)
 
 
 def split_qkv(x: np.ndarray, num_heads: int, order: str = "N3H"):
@@ -202,16 +215,21 @@ def _quant_io(x, type_id, s_qkv):
     return at_precision(x, type_id, s_qkv)
 
 
-def qkv_fixed(qkv, num_heads, mask_idx=None, type_id=0, s_qkv=None, s_ctx=None, dq_probs=DEFAULT_DQ_PROBS):
-    """QKV v1/v4, and v2/v5 with var_seqlen=0. qkv [S, B, 3E, 1, 1]; mask_idx [B] or [B, 1] or None."""
+def qkv_fixed(qkv, num_heads, mask_idx=None, type_id=0, s_qkv=None, s_ctx=None, dq_probs=DEFAULT_DQ_PROBS,
+              fused: bool = False):
+    """QKV v1/v4, and v2/v5 with var_seqlen=0. qkv [S, B, 3E, 1, 1]; mask_idx [B] or [B, 1] or None.
+    fused: the plugin runs its fused kernels here (v1/v4 with a mask, at a head size and S they exist for)."""
     S, B, E3 = qkv.shape[:3]
     x = _quant_io(np.asarray(qkv, np.float32).reshape(S, B, E3), type_id, s_qkv)
     q, k, v = split_qkv(x, num_heads)
-    out = np.empty((S, B, num_heads, E3 // 3 // num_heads), np.float32)
+    H = E3 // 3 // num_heads
+    out = np.empty((S, B, num_heads, H), np.float32)
     m = None if mask_idx is None else np.ravel(mask_idx)
+    groups = FMHA_V1_PV_GROUPS.get(S) if fused and type_id == 1 and H == 64 else None
     for b in range(B):
         nvalid = None if m is None else int(np.clip(m[b], 0, S))
-        out[:, b] = attention(q[:, b], k[:, b], v[:, b], nvalid, dq_probs if type_id == 2 else None)
+        out[:, b] = attention(q[:, b], k[:, b], v[:, b], nvalid, dq_probs if type_id == 2 else None,
+                              half_acc=groups is not None, pv_groups=groups or 1)
     out = _ctx_precision(out, type_id, s_ctx)
     return out.reshape(S, B, E3 // 3, 1, 1)
 

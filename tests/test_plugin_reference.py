@@ -416,3 +416,55 @@ def test_varseqlen_half_accumulators_only_for_the_fused_head_size():
     q, k, v = ref.split_qkv(x.reshape(40, -1), 1)
     half = ref.round_fp16(ref.attention(q, k, v, half_acc=True)).reshape(40, 64, 1, 1)
     np.testing.assert_array_equal(ref.qkv_varseqlen(x, cu, 1, type_id=1), half)
+
+
+def test_half_accumulators_dealt_round_robin():
+    # Four 16-wide slices worth 1024, 0.5, 0, 0.5. One half accumulator: 1024.5 ties to 1024, and the last 0.5
+    # again, so 1024. Two (slices 0, 2 and 1, 3, as fmha v1 at S=128 deals them): 1024 and 1, then 1025.
+    a = np.zeros((1, 64), np.float32)
+    b = np.zeros((64, 1), np.float32)
+    a[0, [0, 16, 48]] = [1024.0, 0.5, 0.5]
+    b[[0, 16, 48], 0] = 1.0
+    assert ref.matmul_half_acc(a, b).item() == 1024.0
+    assert ref.matmul_half_acc(a, b, groups=2).item() == 1025.0
+    assert (a @ b).item() == 1025.0
+
+
+@pytest.mark.parametrize("S,rows", [(128, 128), (384, 32)])
+def test_fixed_fp16_head64_follows_nvidia_fused_mha_v1(S, rows):
+    # One head, one full sequence, as NVIDIA's fmha v1 FP16 kernel wrote it on an H200 (tests/fixtures/README.md),
+    # through the plugin node, so that the fused path is the one a QKV v4 node with a mask takes.
+    from bertrt.plugins.execute import PluginExecutor
+    from bertrt.plugins.kernels.check import _node
+    from bertrt.plugins.nodes import QKV_TO_CONTEXT, TYPE_FP16
+
+    d = np.load(FIXTURES / "fmha_v1_fp16.npz")
+    qkv, kernel = d[f"qkv{S}"].astype(np.float32).reshape(S, 1, 192, 1, 1), d[f"kernel{S}"].astype(np.float32)
+    node = _node(QKV_TO_CONTEXT, "4", 2, 1, {"type_id": TYPE_FP16, "hidden_size": 64, "num_heads": 1,
+                                            "has_mask": 1}, "v1")
+    out = next(iter(PluginExecutor(node, {}, {})([qkv, np.array([[S]], np.int32)]).values())).reshape(S, 64)[:rows]
+    assert float((out == kernel).mean()) >= 0.995
+    assert np.abs(out - kernel).max() <= 2 ** -8
+    plain = ref.qkv_fixed(qkv, 1, np.array([S]), type_id=1).reshape(S, 64)[:rows]  # float32 attention
+    assert float((plain == kernel).mean()) < 0.7
+
+
+def test_unfused_fixed_paths_keep_float32_attention():
+    # QKV v5 with var_seqlen=0 runs the unfused runner; v4 without a mask too: neither takes the fused arithmetic.
+    from bertrt.plugins.execute import PluginExecutor
+    from bertrt.plugins.kernels.check import _node
+    from bertrt.plugins.nodes import QKV_TO_CONTEXT, TYPE_FP16
+
+    d = np.load(FIXTURES / "fmha_v1_fp16.npz")
+    qkv = d["qkv128"].astype(np.float32).reshape(128, 1, 192, 1, 1)
+    plain = ref.qkv_fixed(qkv, 1, np.array([128]), type_id=1)
+    fused = ref.qkv_fixed(qkv, 1, np.array([128]), type_id=1, fused=True)
+    assert not np.array_equal(plain, fused)
+    v5 = _node(QKV_TO_CONTEXT, "5", 2, 1, {"type_id": TYPE_FP16, "hidden_size": 64, "num_heads": 1, "has_mask": 1,
+                                          "var_seqlen": 0}, "v5")
+    np.testing.assert_array_equal(next(iter(PluginExecutor(v5, {}, {})([qkv, np.array([128], np.int32)]).values())),
+                                  plain)
+    v4 = _node(QKV_TO_CONTEXT, "4", 1, 1, {"type_id": TYPE_FP16, "hidden_size": 64, "num_heads": 1, "has_mask": 0},
+               "v4")
+    np.testing.assert_array_equal(next(iter(PluginExecutor(v4, {}, {})([qkv]).values())),
+                                  ref.qkv_fixed(qkv, 1, None, type_id=1))
