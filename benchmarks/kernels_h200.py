@@ -159,10 +159,11 @@ def check_direct(folder: Path, lib, sm) -> list[dict]:
 
 
 def check_plugins(lib, sm, out: Path) -> list[dict]:
-    """The per-plugin table; the attention kernels' outputs are also saved (attention.npz) for study on the CPU."""
+    """The per-plugin table; the attention kernels' outputs (attention.npz) and the FP16 LayerNorm kernels' outputs
+    at S=128 (layernorm.npz) are also saved for study on the CPU."""
     from bertrt.plugins.kernels.check import cases, run_case
 
-    rows, saved = [], {}
+    rows, saved, saved_ln = [], {}, {}
     for index, case in enumerate(cases()):
         base = {"plugin": case.label, "precision": case.precision, "layout": case.layout, "seq": case.seq,
                 "what": case.what}
@@ -172,6 +173,8 @@ def check_plugins(lib, sm, out: Path) -> list[dict]:
                 for name, arr in res.kernel.items():
                     q = np.rint(arr / case.out_scale).astype(np.int8) if case.out_scale else arr.astype(np.float16)
                     saved[f"case{index}"] = q
+            elif case.precision == "fp16" and case.seq == 128:  # the FP16 LayerNorm kernels, for study too
+                saved_ln[f"case{index}"] = next(iter(res.kernel.values())).astype(np.float16)
             for output, mabs, mrel, steps, n in res.outputs:
                 rows.append({**base, "output": output, "max_abs": mabs, "max_rel": mrel, "steps": steps, "n": n})
                 log(f"{case.label} {case.precision} {case.layout} S={case.seq} {case.what} out {output}: "
@@ -181,6 +184,7 @@ def check_plugins(lib, sm, out: Path) -> list[dict]:
             log(f"{case.label} {case.precision} {case.layout} S={case.seq}: ERROR {e}")
             traceback.print_exc()
     np.savez_compressed(out / "attention.npz", **saved)
+    np.savez_compressed(out / "layernorm.npz", **saved_ln)
     return rows
 
 

@@ -12,8 +12,9 @@ Numerics:
   eps (§2.4): EmbLayerNorm 0; SkipLayerNorm FLT_EPSILON when E in {768, 1024} in FP32, else 0.
 * FP16 SkipLayerNorm with E in {768, 1024} uses ``std::numeric_limits<half>::epsilon()``, which the
   plugin sources never specialise; an unspecialised numeric_limits returns T() = 0, so FP16_SKIP_EPS = 0.
-  FP16 accumulation inside the kernels is not modelled (statistics stay in float32): expect ~1e-2
-  against a GPU, which is what the fp16 comparison tolerance allows.
+  FP16 EmbLayerNorm, and FP16 SkipLayerNorm at hidden sizes other than 768/1024, follow the kernels' half
+  arithmetic (LN_THREADS); the vectorized 768/1024 SkipLayerNorm keeps float32 statistics: expect ~1e-2
+  against a GPU there, which is what the fp16 comparison tolerance allows.
 * Attention runs in float32 (matmuls) with an exact softmax; masked keys get probability 0 exactly. Where the
   plugin runs NVIDIA's fused MHA FP16 kernels (head size 64: the var-seqlen plugin's v2 kernels; the fixed-length
   plugin's v1 kernels at S 128 and 384), the reference follows their half accumulators (FMHA_V2_MMA_K,
@@ -92,6 +93,56 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 
     return y
 
 
+# NVIDIA's FP16 LayerNorm kernels (EmbLayerNorm at every hidden size; SkipLayerNorm where it has no vectorized
+# kernel: E not 768 or 1024 and above 32) compute in half: the sum of the inputs is rounded at each addition, and
+# each of LN_THREADS threads adds x/E and (x/E)*x for its elements (e, e + 256, ...) into half accumulators. A cub
+# block reduction adds the threads' pairs in half (neighbours in a warp in a tree, then the warps in order); mean,
+# variance, 1/std, gamma and beta (EmbLayerNorm's float32 ones too) and the output (gamma * (x - mean) * rstd +
+# beta, the last step one fused multiply-add) are half. Modelled so, the reference gives the kernels' outputs bit for
+# bit at E=384 (sm_90, issue #13; float32 statistics matched 44 %).
+LN_THREADS = 256
+
+
+def _thread_sums(x: np.ndarray, E: int):
+    """Each thread's half sums of x/E and (x/E)*x: [rows, LN_THREADS] each."""
+    rld = round_fp16(np.float32(1) / np.float32(E))
+    rv = round_fp16(rld * x)
+    rv2 = round_fp16(rv * x)
+    rows = x.shape[0]
+    k = np.zeros((rows, LN_THREADS), np.float32)
+    q = np.zeros((rows, LN_THREADS), np.float32)
+    for s0 in range(0, E, LN_THREADS):
+        n = min(LN_THREADS, E - s0)
+        k[:, :n] = round_fp16(k[:, :n] + rv[:, s0:s0 + n])
+        q[:, :n] = round_fp16(q[:, :n] + rv2[:, s0:s0 + n])
+    return k, q
+
+
+def _block_reduce(v: np.ndarray) -> np.ndarray:
+    """cub's BlockReduce of [rows, LN_THREADS] in half: a tree over neighbours in each warp of 32, then the warps
+    in order."""
+    w = v.reshape(v.shape[0], LN_THREADS // 32, 32)
+    for _ in range(5):
+        w = round_fp16(w[..., 0::2] + w[..., 1::2])
+    acc = w[:, 0, 0]
+    for i in range(1, w.shape[1]):
+        acc = round_fp16(acc + w[:, i, 0])
+    return acc[:, None]
+
+
+def layer_norm_half(x: np.ndarray, gamma, beta) -> np.ndarray:
+    """x [..., E] (half values, the kernels' rounded input sum) -> the FP16 kernels' LayerNorm, as half values."""
+    shape = x.shape
+    E = shape[-1]
+    x = np.asarray(x, np.float32).reshape(-1, E)
+    k, q = _thread_sums(x, E)
+    mu, m2 = _block_reduce(k), _block_reduce(q)
+    g, b = round_fp16(np.asarray(gamma, np.float32)), round_fp16(np.asarray(beta, np.float32))
+    rstd = round_fp16(1.0 / np.sqrt(round_fp16(m2 - round_fp16(mu * mu))))
+    y = round_fp16(round_fp16(g * round_fp16(x - mu)) * rstd + b)  # the last step one fused multiply-add
+    return y.reshape(shape)
+
+
 def skip_ln_eps(E: int, type_id: int) -> float:
     if E in (768, 1024):
         return FLT_EPSILON if type_id == 0 else FP16_SKIP_EPS
@@ -110,18 +161,18 @@ def mask_index(mask_sb: np.ndarray) -> np.ndarray:
 
 def _embedding_sum(word, tok, pos, ids, seg, positions, output_fp16):
     """word[ids] + tok[seg] + pos[positions]. output_fp16=1 stores the tables in FP16 (gamma/beta stay FP32,
-    §2.4): rounding commutes with the lookup, so only the rows looked up are rounded."""
-    conv = round_fp16 if output_fp16 else (lambda t: np.asarray(t, np.float32))
-    return conv(word[ids]) + conv(tok[seg]) + conv(pos[positions])
+    §2.4) and adds them in half, as the kernels do: rounding commutes with the lookup, so only the rows looked up
+    are rounded."""
+    if output_fp16:
+        return round_fp16(round_fp16(round_fp16(word[ids]) + round_fp16(tok[seg])) + round_fp16(pos[positions]))
+    return np.asarray(word[ids], np.float32) + np.asarray(tok[seg], np.float32) + np.asarray(pos[positions], np.float32)
 
 
 def emb_ln_fixed(ids, seg, mask, word, tok, pos, gamma, beta, output_fp16=False):
     """EmbLN v1/v6. ids, seg, mask: int [S, B]. Returns ([S, B, E, 1, 1], maskIdx int32 [B, 1])."""
     S = ids.shape[0]
     x = _embedding_sum(word, tok, pos, ids, seg, np.arange(S)[:, None], output_fp16)
-    out = layer_norm(x, gamma, beta, eps=0.0)
-    if output_fp16:
-        out = round_fp16(out)
+    out = layer_norm_half(x, gamma, beta) if output_fp16 else layer_norm(x, gamma, beta, eps=0.0)
     return out[..., None, None], mask_index(mask)[:, None]
 
 
@@ -140,9 +191,7 @@ def emb_ln_varseqlen(ids, seg, cu, word, tok, pos, gamma, beta, output_fp16=Fals
     Output 1 is a 0-d int32 for HFace and the pre-LN sum [T, E, 1, 1] for MTron.
     """
     x = _embedding_sum(word, tok, pos, ids, seg, positions_from_cu(cu), output_fp16)
-    out = layer_norm(x, gamma, beta, eps=0.0)
-    if output_fp16:
-        out, x = round_fp16(out), round_fp16(x)
+    out = layer_norm_half(x, gamma, beta) if output_fp16 else layer_norm(x, gamma, beta, eps=0.0)
     second = x[:, :, None, None].astype(np.float32) if mtron else np.zeros((), np.int32)
     return out[:, :, None, None], second
 
@@ -292,6 +341,9 @@ def skip_ln(x, skip, gamma, beta, bias=None, type_id=0, s_in=None, s_skip=None, 
     total = a + s
     if bias is not None:
         total = total + wconv(bias)
+    if type_id == 1 and E not in (768, 1024) and E > 32 and eps is None:  # the half kernel (LN_THREADS)
+        total = round_fp16(total) if bias is None else round_fp16(round_fp16(a + s) + wconv(bias))
+        return layer_norm_half(total, wconv(gamma), wconv(beta)).reshape(shape)
     eps = skip_ln_eps(E, type_id) if eps is None else eps
     y = layer_norm(total, wconv(gamma), wconv(beta), eps)
     return at_precision(y, type_id, s_out).reshape(shape)

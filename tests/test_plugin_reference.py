@@ -468,3 +468,43 @@ def test_unfused_fixed_paths_keep_float32_attention():
                "v4")
     np.testing.assert_array_equal(next(iter(PluginExecutor(v4, {}, {})([qkv]).values())),
                                   ref.qkv_fixed(qkv, 1, None, type_id=1))
+
+
+# ---------------------------------------------------------------- FP16 LayerNorm kernels' arithmetic (#13)
+
+
+def test_fp16_skip_layernorm_384_follows_nvidia_kernel():
+    # 8 tokens through NVIDIA's FP16 SkipLayerNorm (hidden 384, the kernel without vectors) on an H200: half sums,
+    # half statistics (tests/fixtures/README.md). Bit for bit.
+    d = np.load(FIXTURES / "layernorm_fp16.npz")
+    x, skip, kernel = (d[k].astype(np.float32) for k in ("skip_x", "skip_skip", "skip_kernel"))
+    out = ref.skip_ln(x, skip, d["skip_gamma"], d["skip_beta"], d["skip_bias"], type_id=1)
+    np.testing.assert_array_equal(out, kernel)
+    # statistics in float32 (the reference before) match under 70 % of them
+    total = ref.round_fp16(x + skip) + ref.round_fp16(d["skip_bias"])
+    plain = ref.round_fp16(ref.layer_norm(total, ref.round_fp16(d["skip_gamma"]), ref.round_fp16(d["skip_beta"])))
+    assert float((plain == kernel).mean()) < 0.7
+
+
+def test_fp16_emb_layernorm_follows_nvidia_kernel():
+    # 8 tokens through NVIDIA's EmbLayerNorm with output_fp16=1 (hidden 384): the three rows added in half, then
+    # the half LayerNorm with gamma and beta in half. The fixture holds each token's three rows: tables of 8 rows
+    # looked up by position reproduce the kernel's input.
+    d = np.load(FIXTURES / "layernorm_fp16.npz")
+    ids = np.arange(8, dtype=np.int32)[:, None]  # [S, B=1]
+    mask = np.ones((8, 1), np.int32)
+    out, _ = ref.emb_ln_fixed(ids, ids, mask, d["emb_word"], d["emb_tok"], d["emb_pos"], d["emb_gamma"],
+                              d["emb_beta"], output_fp16=True)
+    np.testing.assert_array_equal(out[:, 0, :, 0, 0], d["emb_kernel"].astype(np.float32))
+
+
+def test_half_layernorm_only_where_nvidia_has_the_generic_kernel():
+    # Hidden 768 and 1024 run the vectorized kernel (not modelled: float32 statistics); FP32 stays float32.
+    rng = np.random.default_rng(5)
+    for E, t in ((768, 1), (1024, 1), (384, 0)):
+        x, s = (rng.standard_normal((3, E)).astype(np.float32) for _ in range(2))
+        g, b = np.ones(E, np.float32), np.zeros(E, np.float32)
+        expected = ref.at_precision(ref.layer_norm(ref.at_precision(x, t) + ref.at_precision(s, t),
+                                                   ref.at_precision(g, t), ref.at_precision(b, t),
+                                                   ref.skip_ln_eps(E, t)), t)
+        np.testing.assert_array_equal(ref.skip_ln(x, s, g, b, type_id=t), expected)
