@@ -138,8 +138,9 @@ def layer_norm_half(x: np.ndarray, gamma, beta) -> np.ndarray:
     k, q = _thread_sums(x, E)
     mu, m2 = _block_reduce(k), _block_reduce(q)
     g, b = round_fp16(np.asarray(gamma, np.float32)), round_fp16(np.asarray(beta, np.float32))
-    rstd = round_fp16(1.0 / np.sqrt(round_fp16(m2 - round_fp16(mu * mu))))
-    y = round_fp16(round_fp16(g * round_fp16(x - mu)) * rstd + b)  # the last step one fused multiply-add
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a half overflow is inf/NaN, as on a GPU
+        rstd = round_fp16(1.0 / np.sqrt(round_fp16(m2 - round_fp16(mu * mu))))
+        y = round_fp16(round_fp16(g * round_fp16(x - mu)) * rstd + b)  # the last step one fused multiply-add
     return y.reshape(shape)
 
 
