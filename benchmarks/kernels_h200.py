@@ -261,7 +261,7 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
     from kernels_pack import unpack
 
     from bertrt.plugins.kernels.runner import KernelRunner
-    from bertrt.run.packing import unpack_varseqlen
+    from bertrt.run.packing import NO_LOGIT, unpack_varseqlen
 
     results = []
     index = json.loads((folder / "index.json").read_text())
@@ -280,7 +280,7 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
         for i in range(0, n, batch):
             f, mask = _feeds(model, feats, i, i + batch)
             got = runner.run(f)["logits"]
-            logits.append(got if mask is None else unpack_varseqlen(got, mask))
+            logits.append(got if mask is None else unpack_varseqlen(got, mask, fill=NO_LOGIT))
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         runner.close()

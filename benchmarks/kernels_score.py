@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from bertrt.run.features import examples_features
+    from bertrt.run.packing import NO_LOGIT
     from bertrt.run.squad_metric import evaluate
     from bertrt.run.squad_predict import answers
     from bertrt.run.tokenization import load_tokenizer
@@ -41,7 +42,17 @@ def main():
         gpu = np.load(gpu_file)
         row = {"model": name, "features": int(gpu.shape[0])}
         ref_path = args.prep / f"{name.removesuffix('.half-gemms')}.ref.npy"  # the same graph's CPU reference
-        for side, logits in (("gpu", gpu), ("cpu_ref", np.load(ref_path) if ref_path.exists() else None)):
+        pad = ~np.load(args.prep / f"{model}-features.npz")["input_mask"][:gpu.shape[0]].astype(bool)
+        packed = "-varseqlen" in name
+
+        def logits_of(path_or_array):
+            a = np.array(np.load(path_or_array) if isinstance(path_or_array, Path) else path_or_array, np.float32)
+            if packed:  # a var-seqlen graph has no padding logits (files written before NO_LOGIT hold 0 there)
+                a[pad] = NO_LOGIT
+            return a
+
+        gpu = logits_of(gpu)
+        for side, logits in (("gpu", gpu), ("cpu_ref", logits_of(ref_path) if ref_path.exists() else None)):
             if logits is None:
                 continue
             texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
@@ -49,8 +60,8 @@ def main():
             row[f"{side}_em"], row[f"{side}_f1"] = s["exact_match"], s["f1"]
             row[f"{side}_texts"] = texts
         if "cpu_ref_texts" in row:
-            ref = np.load(ref_path)
-            row["vs_ref_max_abs"] = float(np.abs(gpu - ref).max())
+            ref = logits_of(ref_path)
+            row["vs_ref_max_abs"] = float(np.abs(gpu - ref)[~pad].max())
             row["same_answers"] = sum(row["gpu_texts"][k] == v for k, v in row["cpu_ref_texts"].items())
         ort = np.load(args.prep / f"{model}-ort.npy")
         n = ort.shape[0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from bertrt.contract import CANONICAL_INPUTS, VARSEQLEN_INPUTS, VOCAB_SIZE
 from bertrt.errors import BertrtError, ToolMissing
-from bertrt.run.packing import MAX_SEQLEN, model_max_length, pack_varseqlen, unpack_varseqlen  # noqa: F401
+from bertrt.run.packing import MAX_SEQLEN, NO_LOGIT, model_max_length, pack_varseqlen, unpack_varseqlen  # noqa: F401
 
 TENSORRT_INSTALL = ("pip install tensorrt --extra-index-url https://pypi.nvidia.com "
                     "(NVIDIA's index; needs an NVIDIA GPU with a CUDA driver)")
@@ -126,7 +126,7 @@ class Backend:
                 chunk = {k: np.concatenate([a, np.zeros((shape.batch - n, S), np.int32)]) for k, a in chunk.items()}
             if shape.varseqlen:
                 packed = pack_varseqlen(chunk, max_len=shape.max_seqlen, path=self.path)
-                logits = unpack_varseqlen(self._guarded(packed), chunk["input_mask"])
+                logits = unpack_varseqlen(self._guarded(packed), chunk["input_mask"], fill=NO_LOGIT)
             else:
                 logits = np.asarray(self._guarded(chunk), dtype=np.float32).reshape(chunk["input_ids"].shape + (2,))
             outs.append(logits[:n])

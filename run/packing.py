@@ -78,9 +78,14 @@ def pack_varseqlen(feeds: dict[str, np.ndarray], max_len: int = MAX_SEQLEN, path
             "max_seqlen": np.zeros(int(lengths.max(initial=0)), dtype=np.int32)}
 
 
-def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray, per_token: int = 2) -> np.ndarray:
+# A var-seqlen model computes no logits for padding: unpacked for answers, they must rank below every real one (a 0
+# there outranks a passage whose logits are all negative, fills the n-best with padding and leaves "empty").
+NO_LOGIT = -np.inf
+
+
+def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray, per_token: int = 2, fill: float = 0.0) -> np.ndarray:
     """Packed logits [T, 2] (or the former demo's [2, T, 1, 1]; or hidden states [T, per_token]) -> [B, S, 2]
-    ([B, S, per_token]), zeros where the mask is 0."""
+    ([B, S, per_token]), ``fill`` where the mask is 0."""
     lengths = sequence_lengths(mask)
     B, S = np.shape(mask)
     keep = np.arange(S)[None, :] < lengths[:, None]
@@ -91,7 +96,7 @@ def unpack_varseqlen(logits: np.ndarray, mask: np.ndarray, per_token: int = 2) -
     if logits.size != per_token * T:
         raise BertrtError(f"packed values of shape {logits.shape} do not hold {per_token} values for each of the "
                           f"{T} tokens")
-    out = np.zeros((B, S, per_token), dtype=np.float32)
+    out = np.full((B, S, per_token), fill, dtype=np.float32)
     out[keep] = logits.reshape(T, per_token)
     return out
 

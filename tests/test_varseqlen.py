@@ -16,7 +16,7 @@ from bertrt.cli import cli
 from bertrt.errors import BertrtError
 from bertrt.plugins.nodes import EMB_LAYER_NORM, QKV_TO_CONTEXT, SKIP_LAYER_NORM, read_attrs
 from bertrt.plugins.runner import ReferenceRunner
-from bertrt.run.packing import MAX_SEQLEN, TokenCount, model_max_length, pack_varseqlen, unpack_varseqlen
+from bertrt.run.packing import MAX_SEQLEN, NO_LOGIT, TokenCount, model_max_length, pack_varseqlen, unpack_varseqlen
 
 FP16_TOL = 2e-2
 LENGTHS = np.linspace(17, 384, 8).astype(int)  # [17, 69, 121, 174, 226, 279, 331, 384]
@@ -253,7 +253,7 @@ def test_backend_refuses_sequences_past_the_position_table(tiny_onnx, tmp_path):
     with open_backend(onnx=packed) as backend:
         assert backend.input_shape.varseqlen and backend.input_shape.max_seqlen == 128
         ok = backend.run(padded_batch([128, 7], 200))
-        assert ok.shape == (2, 200, 2) and not ok[1, 7:].any()
+        assert ok.shape == (2, 200, 2) and np.isneginf(ok[1, 7:]).all()  # no logits for padding (NO_LOGIT)
         with pytest.raises(BertrtError, match=f"{packed}: sequence 0 has 129 tokens; .* at most 128"):
             backend.run(padded_batch([129, 7], 200))
 
@@ -277,6 +277,20 @@ def test_pack_and_unpack_by_hand():
     np.testing.assert_array_equal(unpack_varseqlen(tokens.T.reshape(2, 5, 1, 1), feeds["input_mask"]), out)
     with pytest.raises(BertrtError, match="do not hold 2 values for each of the 5 tokens"):
         unpack_varseqlen(tokens[:4], feeds["input_mask"])
+    assert np.isneginf(unpack_varseqlen(tokens, feeds["input_mask"], fill=NO_LOGIT)[1, 2:]).all()
+
+
+def test_varseqlen_padding_is_never_an_answer_candidate():
+    # A passage whose logits are all negative: with 0 at the padding (what var-seqlen unpacking wrote before) the
+    # 20 best starts and ends are padding and no span is left ("empty"); with no logit there, the passage's best.
+    from bertrt.run.postprocess import best_indexes
+
+    real = -np.linspace(1, 3, 30, dtype=np.float32)  # 30 real tokens, best at 0
+    mask = np.array([[1] * 30 + [0] * 34])
+    packed = np.stack([real, real], 1)
+    zero = unpack_varseqlen(packed, mask)[0, :, 0]
+    assert all(i >= 30 for i in best_indexes(zero, 20))  # the n-best would be padding alone
+    assert best_indexes(unpack_varseqlen(packed, mask, fill=NO_LOGIT)[0, :, 0], 20) == list(range(20))
 
 
 def test_token_count():
