@@ -17,8 +17,8 @@ other node of the graph on PyTorch CUDA: not a TensorRT engine. Sections (each o
 Results go to OUT/kernels.json (and the logits files). The library comes from BERTRT_KERNELS_LIB or is built
 from --trt-oss.
 
-    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--pack DIR [--gemms float|half|both]
-        [--dump-attention N]] [--latency]
+    python benchmarks/kernels_h200.py --out OUT [--trt-oss DIR] [--cubins DIR] [--plugins] [--probe-fmha]
+        [--pack DIR [--gemms float|half|both] [--dump-attention N]] [--latency]
 """
 
 from __future__ import annotations

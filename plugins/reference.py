@@ -210,7 +210,8 @@ def matmul_half_acc(a: np.ndarray, b: np.ndarray, k: int = FMHA_V2_MMA_K, groups
         a = np.concatenate([a, np.zeros(a.shape[:-1] + (C * k - K,), a.dtype)], -1)
         b = np.concatenate([b, np.zeros(b.shape[:-2] + (C * k - K, b.shape[-1]), b.dtype)], -2)
     # every slice's partial product at once: [..., C, M, N]
-    parts = np.matmul(np.moveaxis(a.reshape(a.shape[:-1] + (C, k)), -2, -3), b.reshape(b.shape[:-2] + (C, k, b.shape[-1])))
+    slices_a = np.moveaxis(a.reshape(a.shape[:-1] + (C, k)), -2, -3)
+    parts = np.matmul(slices_a, b.reshape(b.shape[:-2] + (C, k, b.shape[-1])))
     accs = [None] * groups
     for c in range(C):
         g, part = c % groups, parts[..., c, :, :]
