@@ -19,11 +19,12 @@ import numpy as np
 
 
 def int8_flips(case, kernel_q, ref_q, near):
-    """(differing, explained, worst steps, worst explained bound) for a fixed-layout INT8 case."""
+    """(outputs that differ, those explained by a probability flip, the largest difference in steps) for a
+    fixed-layout INT8 case."""
+    from onnx import helper
+
     from bertrt.plugins import reference as R
     from bertrt.plugins.kernels.check import QKV_AMAX
-
-    from onnx import helper
 
     S, B = case.ref_inputs[0].shape[:2]
     N = next(int(helper.get_attribute_value(a)) for a in case.node.attribute if a.name == "num_heads")

@@ -258,7 +258,7 @@ def probe_fmha_fp16(lib, sm, out: Path) -> list[dict]:
 
 def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False, dump: int = 0) -> list[dict]:
     import torch
-    from kernels_pack import unpack
+    from kernels_pack import model_of, unpack
 
     from bertrt.plugins.kernels.runner import KernelRunner
     from bertrt.run.packing import NO_LOGIT, unpack_varseqlen
@@ -266,7 +266,7 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
     results = []
     index = json.loads((folder / "index.json").read_text())
     for name in index:
-        model_name = name.split("-fused")[0].split("-int8")[0].split("-varseqlen")[0]
+        model_name = model_of(name)
         feats = np.load(folder / f"{model_name}-features.npz")
         amax_path = folder / f"{name}.amax.json"
         amax = json.loads(amax_path.read_text()) if amax_path.exists() else None

@@ -19,6 +19,11 @@ from onnx import numpy_helper
 MIN_BYTES = 1024  # smaller tensors stay in the skeleton
 
 
+def model_of(name: str) -> str:
+    """The model a packed graph's name belongs to: "minilm-squad-h64-varseqlen-fp16" -> "minilm-squad-h64"."""
+    return name.split("-fused")[0].split("-int8")[0].split("-varseqlen")[0]
+
+
 def _tensors(model: onnx.ModelProto):
     yield from model.graph.initializer
     for node in model.graph.node:

@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import squad_accuracy as sa  # noqa: E402
+from kernels_pack import model_of  # noqa: E402
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
     rows = []
     for gpu_file in sorted(p for d in args.gpu for p in d.glob("*.kernels.npy")):
         name = gpu_file.name[:-len(".kernels.npy")]
-        model = name.split("-fused")[0].split("-int8")[0].split("-varseqlen")[0]
+        model = model_of(name)
         per_example = examples_features(load_tokenizer(sa.SHARED / "models" / model / "vocab.txt"), examples,
                                         max_seq_length=sa.SEQ)
         gpu = np.load(gpu_file)
@@ -65,8 +66,7 @@ def main():
             row["same_answers"] = sum(row["gpu_texts"][k] == v for k, v in row["cpu_ref_texts"].items())
         ort = np.load(args.prep / f"{model}-ort.npy")
         n = ort.shape[0]
-        # real tokens only: a var-seqlen graph has no logits for padding (they unpack as 0)
-        real = np.load(args.prep / f"{model}-features.npz")["input_mask"][:n].astype(bool)
+        real = ~pad[:n]  # real tokens only: a var-seqlen graph has no logits for padding
         row["ort_features"] = n
         row["vs_ort_max_abs"] = float(np.abs(gpu[:n] - ort)[real].max())
         row["ort_max_abs_logit"] = float(np.abs(ort[real]).max())
