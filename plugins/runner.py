@@ -35,6 +35,35 @@ class Segment:
     sessions: dict = field(default_factory=dict)  # input dtypes -> InferenceSession
 
 
+def constants_beside_readers(graph: onnx.GraphProto) -> list:
+    """The graph's nodes in an order where each node that reads only initializers (an INT8 weight's
+    DequantizeLinear, which a sorted graph lists first) comes just before its first reader. So it lands in its
+    reader's segment: ONNX Runtime sees the INT8 GEMM whole (DequantizeLinear x2 -> MatMul) and sums it on the
+    integers (MatMulIntegerToFloat), as TensorRT does; across segments it would get a float weight and sum
+    dequantized values in float32, whose last bits the next quantization turns into whole steps."""
+    consts = {t.name for t in graph.initializer} | {""}
+    deferred = {}
+    for n in graph.node:
+        if not is_plugin_node(n) and all(i in consts or i in deferred for i in n.input):
+            deferred.update((o, n) for o in n.output)
+    order, placed = [], set()
+
+    def place(n):
+        if id(n) not in placed:
+            for i in n.input:
+                if i in deferred:
+                    place(deferred[i])
+            placed.add(id(n))
+            order.append(n)
+
+    for n in graph.node:
+        if not (n.output and deferred.get(n.output[0]) is n):
+            place(n)
+    for n in graph.node:  # what no node reads (a constant graph output)
+        place(n)
+    return order
+
+
 def has_plugin_nodes(model: onnx.ModelProto) -> bool:
     return any(is_plugin_node(n) for n in model.graph.node)
 
@@ -80,7 +109,7 @@ class ReferenceRunner:
         g = self.model.graph
         known = {vi.name for vi in g.input} | set(self._inits) | {""}
         steps, current = [], []
-        for n in g.node:
+        for n in constants_beside_readers(g):
             missing = [i for i in n.input if i not in known]
             if missing:
                 raise BertrtError(f"node {n.name or n.output[0]} reads {missing[0]}, which no earlier node makes "

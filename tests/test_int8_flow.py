@@ -303,3 +303,47 @@ def test_head_of_an_hf_export_is_found(canonical_fixtures, name):
     amax = dict.fromkeys({t for n in fused.graph.node for t in n.input}, 1.0)
     _, report = insert_qdq(fused, amax, skip_nodes=float_gemms(fused, ["head"]))
     assert len(report.quantized) == 8 and list(report.skipped) == float_gemms(fused, ["head"])
+
+
+def test_kernels_backend_runs_every_simulated_int8_gemm_on_integers(flow):
+    """The GPU runner (plugins/kernels/torch_ops.py) sums each INT8 GEMM of the TensorRT 10 simulation on the
+    integers, as ONNX Runtime does on the CPU: none of the 9 may fall back to dequantize-then-float32."""
+    torch = pytest.importorskip("torch")
+    from onnx import numpy_helper
+
+    from bertrt.plugins.kernels.torch_ops import INT_MATMUL, TorchSegment
+    from bertrt.plugins.runner import ReferenceRunner, Segment
+
+    ranges = json.loads((flow / "ranges.json").read_text())
+    sim, report = implicit_int8_model(onnx.load(flow / "trt10.onnx"), ranges)
+    runner = ReferenceRunner(sim, amax=ranges)  # the KernelRunner's graph walk too
+    consts = {t.name: torch.as_tensor(np.array(numpy_helper.to_array(t))) for t in sim.graph.initializer}
+    ops = [n.op_type for seg in runner.steps if isinstance(seg, Segment)
+           for n in TorchSegment(seg.nodes, consts, keep=seg.outputs).nodes]
+    assert ops.count(INT_MATMUL) == len(report.quantized) == 9
+    assert "DequantizeLinear" not in ops
+
+
+def test_reference_runs_a_simulated_int8_gemm_on_integers(flow):
+    """The CPU reference's INT8 GEMM is TensorRT's arithmetic: the integer sum of the quantized activation and
+    weight, times the two scales; checked by hand on the first layer's QKV GEMM (its weight's DequantizeLinear
+    sits before the EmbLayerNorm plugin in the sorted graph, a segment away from the GEMM)."""
+    from onnx import numpy_helper
+
+    from bertrt.plugins.runner import ReferenceRunner
+
+    ranges = json.loads((flow / "ranges.json").read_text())
+    sim, _ = implicit_int8_model(onnx.load(flow / "trt10.onnx"), ranges)
+    x_name, gemm = "emb_layernorm_1/from_5d", next(n for n in sim.graph.node if n.name == "attention_1/qkv_MatMul")
+    sim.graph.output.extend([onnx.ValueInfoProto(name=x_name), onnx.ValueInfoProto(name=gemm.output[0])])
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 1000, (2, 128)).astype(np.int32),
+             "segment_ids": (np.arange(128) > 20).astype(np.int32)[None].repeat(2, 0),
+             "input_mask": (np.arange(128)[None] < np.array([[128], [70]])).astype(np.int32)}
+    out = ReferenceRunner(sim, amax=ranges).run(feeds)
+    inits = {t.name: numpy_helper.to_array(t) for t in sim.graph.initializer}
+    sx = inits[f"{x_name}_qdq_scale"]
+    qw, sw = inits["attention_1/qkv_weight_int8"], inits["attention_1/qkv_weight_scale"]
+    qx = np.clip(np.rint(out[x_name] / sx), -128, 127).astype(np.int64)
+    by_hand = (qx @ qw.astype(np.int64)).astype(np.float32) * (sx * sw)
+    np.testing.assert_array_equal(out[gemm.output[0]], by_hand)

@@ -189,6 +189,67 @@ def test_torch_segment_matches_onnxruntime_on_a_standard_graph():
     np.testing.assert_allclose(env["logits"].numpy(), want, atol=1e-4)
 
 
+def _qdq_gemm(x_scale, w, w_scale, bias, axis=1):
+    """x -> Q -> DQ, int8 weight -> DQ (per column) -> MatMul -> Add: an INT8 GEMM as bertrt's graphs have it."""
+    from onnx import numpy_helper as nh
+
+    h = onnx.helper
+    nodes = [h.make_node("QuantizeLinear", ["x", "sx", "z"], ["qx"]), h.make_node("DequantizeLinear", ["qx", "sx", "z"], ["dx"]),
+             h.make_node("DequantizeLinear", ["w", "sw", "zw"], ["dw"], axis=axis), h.make_node("MatMul", ["dx", "dw"], ["mm"]),
+             h.make_node("Add", ["mm", "b"], ["y"])]
+    inits = [nh.from_array(np.array(x_scale, np.float32), "sx"), nh.from_array(np.array(0, np.int8), "z"),
+             nh.from_array(w, "w"), nh.from_array(w_scale, "sw"), nh.from_array(np.zeros(w_scale.shape, np.int8), "zw"),
+             nh.from_array(bias, "b")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, None, w.shape[0]])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def test_int8_gemm_sums_integers_as_onnxruntime_and_tensorrt_do():
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from bertrt.plugins.kernels.torch_ops import INT_MATMUL, TorchSegment
+
+    rng = np.random.default_rng(0)
+    K, N = 384, 1152
+    w = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    sw = (rng.random(N) * 0.01 + 1e-3).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    x = (rng.standard_normal((2, 48, K)) * 2).astype(np.float32)
+    model = _qdq_gemm(0.037, w, sw, b)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    consts = {t.name: torch.as_tensor(np.array(numpy_helper.to_array(t))) for t in model.graph.initializer}
+    seg = TorchSegment(list(model.graph.node), consts, keep=["y"])
+    assert [n.op_type for n in seg.nodes] == ["QuantizeLinear", INT_MATMUL, "Add"]
+    env = {"x": torch.as_tensor(x)}
+    seg.run(env)
+    got = env["y"].numpy()
+    # By hand: the integer sum (int64), then float32(sum) * float32(0.037 * scale_w), then the bias.
+    qx = np.clip(np.rint(x / np.float32(0.037)), -128, 127).astype(np.int64)
+    by_hand = (qx @ w.astype(np.int64)).astype(np.float32) * (np.float32(0.037) * sw) + b
+    np.testing.assert_array_equal(got, by_hand)
+    np.testing.assert_array_equal(got, want)  # ONNX Runtime's MatMulIntegerToFloat: the CPU reference's INT8 GEMM
+    # Dequantizing first and summing in float32 (what this replaces) rounds most outputs differently.
+    dequantized = (qx.astype(np.float32) * np.float32(0.037)) @ (w.astype(np.float32) * sw) + b
+    assert np.mean(dequantized == want) < 0.5
+
+
+def test_int8_gemm_left_alone_where_it_is_not_one():
+    torch = pytest.importorskip("torch")
+    from onnx import numpy_helper
+
+    from bertrt.plugins.kernels.torch_ops import INT_MATMUL, TorchSegment
+
+    w = np.random.default_rng(1).integers(-127, 128, (8, 16)).astype(np.int8)
+    b = np.zeros(16, np.float32)
+    for model in (_qdq_gemm(0.1, w, np.full(8, 0.01, np.float32), b, axis=0),  # a scale per input row
+                  _qdq_gemm(0.1, w, np.full(16, 0.01, np.float16), b)):  # float16 scales (TensorRT 11's graph)
+        consts = {t.name: torch.as_tensor(np.array(numpy_helper.to_array(t))) for t in model.graph.initializer}
+        assert INT_MATMUL not in [n.op_type for n in TorchSegment(list(model.graph.node), consts).nodes]
+
+
 def test_torch_segment_refuses_an_op_it_lacks():
     pytest.importorskip("torch")
     from bertrt.plugins.kernels.torch_ops import TorchSegment

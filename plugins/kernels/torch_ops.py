@@ -1,6 +1,12 @@
 """The standard ONNX nodes of a fused graph (the GEMMs, GELU, reshapes, Q/DQ, the QA head) on PyTorch CUDA, in
 the types the graph declares: float32 stays float32 (TF32 off), so the numbers differ from ONNX Runtime's only
-by the order of float32 sums. An op outside this table is refused naming the node."""
+by the order of float32 sums. An op outside this table is refused naming the node.
+
+An INT8 GEMM (a MatMul reading two DequantizeLinear outputs of int8 data: the activation per tensor, the weight
+per tensor or per output column, zero points 0, float32 scales) runs on the integers, as TensorRT's INT8 GEMM does
+(int32 sums) and as ONNX Runtime's MatMulIntegerToFloat does on the CPU: the exact integer product, then
+float32(sum) * float32(scale_a * scale_b). Dequantizing first and summing in float32 would round each sum
+differently from the CPU reference, and the next quantization turns those last bits into whole steps."""
 
 from __future__ import annotations
 
@@ -189,15 +195,85 @@ def _ops():
     }
 
 
+INT_MATMUL = "bertrt.IntegerMatMul"  # a MatMul of two DequantizeLinear outputs, fused as described above
+
+
+def _int_matmul(node, ins, a):
+    import torch
+
+    qa, sa, qb, sb = ins
+    acc = torch.matmul(qa.to(torch.float64), qb if qb.dtype == torch.float64 else qb.to(torch.float64))
+    return [acc.to(torch.float32) * (sa * sb)]  # float64 holds any int8 GEMM's sum exactly (|sum| < 2**53)
+
+
+def integer_matmuls(nodes, constants, keep=()) -> list:
+    """``nodes`` with each INT8 GEMM (see the module text) as one INT_MATMUL node reading the two quantized
+    tensors and their scales; its DequantizeLinear nodes go when nothing else reads them (``keep``: tensors read
+    after these nodes)."""
+    import torch
+
+    made = {o: n for n in nodes for o in n.output}
+    readers = {}
+    for n in nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+
+    def int8_zero_point(t) -> bool:
+        return t is not None and t.dtype == torch.int8 and not bool(t.any())
+
+    def int8_data(dq) -> bool:  # int8 data: its zero point, the constant itself, or the QuantizeLinear that made it
+        if dq.input[0] in constants:
+            return constants[dq.input[0]].dtype == torch.int8 and (
+                len(dq.input) < 3 or not dq.input[2] or int8_zero_point(constants.get(dq.input[2])))
+        if len(dq.input) > 2 and dq.input[2]:
+            return int8_zero_point(constants.get(dq.input[2]))
+        q = made.get(dq.input[0])
+        return (q is not None and q.op_type == "QuantizeLinear" and len(q.input) > 2
+                and int8_zero_point(constants.get(q.input[2])))
+
+    def dq_of(name, weight):
+        dq = made.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx") or not int8_data(dq):
+            return None
+        scale = constants.get(dq.input[1])
+        if scale is None or scale.dtype != torch.float32:
+            return None
+        if not weight:
+            return dq if scale.numel() == 1 else None
+        w = constants.get(dq.input[0])
+        if w is None or w.dim() != 2:
+            return None
+        per_column = _attrs(dq).get("axis", 1) % 2 == 1 and scale.numel() == w.shape[1]
+        return dq if scale.numel() == 1 or per_column else None  # per input row (axis 0) is no GEMM's scale
+
+    out, gone = [], set()
+    for n in nodes:
+        if n.op_type == "MatMul" and n.domain in ("", "ai.onnx"):
+            da, db = dq_of(n.input[0], False), dq_of(n.input[1], True)
+            if da is not None and db is not None:
+                sb, wq = db.input[1] + "/flat", db.input[0] + "/float64"  # the weight once as exact float64
+                constants.setdefault(sb, constants[db.input[1]].reshape(-1))
+                constants.setdefault(wq, constants[db.input[0]].to(torch.float64))
+                out.append(onnx.helper.make_node(INT_MATMUL, [da.input[0], da.input[1], wq, sb], list(n.output),
+                                                 name=n.name))
+                for dq, tensor in ((da, n.input[0]), (db, n.input[1])):
+                    if readers[tensor] == 1 and tensor not in keep:
+                        gone.add(id(dq))
+                continue
+        out.append(n)
+    return [n for n in out if id(n) not in gone]
+
+
 class TorchSegment:
     """A run of standard nodes as PyTorch CUDA calls (the ops table above)."""
 
     def __init__(self, nodes, constants, keep=(), half_gemms: bool = False):
         import torch
 
-        self.nodes = nodes
         self.constants = dict(constants)  # name -> torch tensor on the GPU (initializers)
         self.table = _ops()
+        self.table[INT_MATMUL] = _int_matmul
+        nodes = self.nodes = integer_matmuls(nodes, self.constants, keep)
         if half_gemms:
             mm = self.table["MatMul"]
             self.table["MatMul"] = lambda n, i, a: [mm(n, [t.half() for t in i], a)[0].float()]
@@ -219,7 +295,8 @@ class TorchSegment:
             if name in made and name not in keep:
                 self.drop[k].append(name)
         self._torch = torch
-        bad = sorted({n.op_type for n in nodes if n.op_type not in self.table or n.domain not in ("", "ai.onnx")})
+        bad = sorted({n.op_type for n in nodes if n.op_type not in self.table or n.domain not in ("", "ai.onnx")}
+                     - {INT_MATMUL})
         if bad:
             raise BertrtError(f"the kernels backend has no PyTorch version of op {bad[0]} "
                               f"(node {next(n.name for n in nodes if n.op_type == bad[0])})")
