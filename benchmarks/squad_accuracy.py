@@ -289,6 +289,7 @@ def dev_examples(limit: int | None, work: Path):
         article["paragraphs"] = [p for p in article["paragraphs"] if p["qas"]]
     data["data"] = [a for a in data["data"] if a["paragraphs"]]
     sliced = work / f"dev-v1.1.first{limit}.json"
+    work.mkdir(parents=True, exist_ok=True)  # kernels_prep asks before any model is made in work
     sliced.write_text(json.dumps(data))
     return examples[:limit], sliced
 

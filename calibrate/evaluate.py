@@ -18,7 +18,8 @@ an INT8 build is gated on (cosine and agreement stay as diagnostics).
 The two models run one after the other, not side by side, so peak memory is that of the larger one.
 TensorRT 10 implicit INT8 is simulated by ``implicit_int8_model``: a GEMM whose input and output both have a
 range runs INT8 (activation per tensor from the range, weight per output channel), a GEMM missing either
-runs in float, and INT8 plugins read their scales from the same ranges (ReferenceRunner ``amax=``).
+runs in float, and INT8 plugins read their scales from the same ranges (ReferenceRunner ``amax=``). The
+reference sums an INT8 GEMM on the integers, as TensorRT does (plugins/runner.py constants_beside_readers).
 """
 
 from __future__ import annotations

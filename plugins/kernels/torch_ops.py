@@ -201,9 +201,13 @@ INT_MATMUL = "bertrt.IntegerMatMul"  # a MatMul of two DequantizeLinear outputs,
 def _int_matmul(node, ins, a):
     import torch
 
-    qa, sa, qb, sb = ins
-    acc = torch.matmul(qa.to(torch.float64), qb if qb.dtype == torch.float64 else qb.to(torch.float64))
-    return [acc.to(torch.float32) * (sa * sb)]  # float64 holds any int8 GEMM's sum exactly (|sum| < 2**53)
+    qa, sa, qb, sb = ins  # qb: the int8 weight [K, N]
+    x = qa.reshape(-1, qa.shape[-1])
+    if x.is_cuda and x.shape[0] > 16 and x.shape[1] % 8 == 0 and qb.shape[1] % 8 == 0:
+        acc = torch._int_mm(x, qb)  # cuBLASLt int8 x int8 -> int32, TensorRT's own sum
+    else:  # exact too: float64 holds any int8 GEMM's sum (|sum| < 2**53)
+        acc = torch.matmul(x.to(torch.float64), qb.to(torch.float64))
+    return [(acc.to(torch.float32) * (sa * sb)).reshape(*qa.shape[:-1], qb.shape[1])]
 
 
 def integer_matmuls(nodes, constants, keep=()) -> list:
@@ -251,11 +255,10 @@ def integer_matmuls(nodes, constants, keep=()) -> list:
         if n.op_type == "MatMul" and n.domain in ("", "ai.onnx"):
             da, db = dq_of(n.input[0], False), dq_of(n.input[1], True)
             if da is not None and db is not None:
-                sb, wq = db.input[1] + "/flat", db.input[0] + "/float64"  # the weight once as exact float64
+                sb = db.input[1] + "/flat"
                 constants.setdefault(sb, constants[db.input[1]].reshape(-1))
-                constants.setdefault(wq, constants[db.input[0]].to(torch.float64))
-                out.append(onnx.helper.make_node(INT_MATMUL, [da.input[0], da.input[1], wq, sb], list(n.output),
-                                                 name=n.name))
+                out.append(onnx.helper.make_node(INT_MATMUL, [da.input[0], da.input[1], db.input[0], sb],
+                                                 list(n.output), name=n.name))
                 for dq, tensor in ((da, n.input[0]), (db, n.input[1])):
                     if readers[tensor] == 1 and tensor not in keep:
                         gone.add(id(dq))
