@@ -1,6 +1,8 @@
 """CPU side after benchmarks/kernels_h200.py --pack: SQuAD EM/F1 of the GPU logits (<model>.kernels.npy) next to
 bertrt's CPU reference (<model>.ref.npy, from kernels_prep.py) on the same features, and the whole-graph error
 against ONNX Runtime on the canonical (unfused) model (<model>-ort.npy, the first features; real tokens only).
+Where the prep has no CPU logits (`kernels_prep.py --no-ref`, as for the full dev set), the CPU side is the
+accuracy table's predictions of the same row (WORK/<model>/predictions/<row>[.full].json, squad_accuracy.py).
 
     python benchmarks/kernels_score.py --prep build/device/prep --gpu DIR [--limit 1000] [--json out.json]
 """
@@ -24,7 +26,7 @@ def main():
     ap.add_argument("--prep", type=Path, required=True)
     ap.add_argument("--gpu", type=Path, nargs="+", required=True, help="folders holding <model>.kernels.npy")
     ap.add_argument("--work", type=Path, default=Path("build/squad-accuracy"))
-    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--limit", type=int, default=1000, help="first N dev questions; 0: the full dev set")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from bertrt.run.features import examples_features
@@ -33,6 +35,7 @@ def main():
     from bertrt.run.squad_predict import answers
     from bertrt.run.tokenization import load_tokenizer
 
+    args.limit = args.limit or None
     examples, _ = sa.dev_examples(args.limit, args.work)
     rows = []
     for gpu_file in sorted(p for d in args.gpu for p in d.glob("*.kernels.npy")):
@@ -60,7 +63,13 @@ def main():
             s = evaluate(examples, texts)
             row[f"{side}_em"], row[f"{side}_f1"] = s["exact_match"], s["f1"]
             row[f"{side}_texts"] = texts
-        if "cpu_ref_texts" in row:
+        table = args.work / model / "predictions" / f"{name[len(model) + 1:]}.{sa.dev_tag(args.limit, examples)}.json"
+        if "cpu_ref_texts" not in row and table.exists():
+            row["cpu_ref_texts"] = json.loads(table.read_text())
+            s = evaluate(examples, row["cpu_ref_texts"])
+            row["cpu_ref_em"], row["cpu_ref_f1"], row["cpu_ref_from"] = s["exact_match"], s["f1"], str(table)
+            row["same_answers"] = sum(row["gpu_texts"].get(k) == v for k, v in row["cpu_ref_texts"].items())
+        if ref_path.exists():
             ref = logits_of(ref_path)
             row["vs_ref_max_abs"] = float(np.abs(gpu - ref)[~pad].max())
             row["same_answers"] = sum(row["gpu_texts"][k] == v for k, v in row["cpu_ref_texts"].items())
@@ -70,7 +79,7 @@ def main():
         row["ort_features"] = n
         row["vs_ort_max_abs"] = float(np.abs(gpu[:n] - ort)[real].max())
         row["ort_max_abs_logit"] = float(np.abs(ort[real]).max())
-        if "cpu_ref_texts" in row:
+        if ref_path.exists():
             row["ref_vs_ort_max_abs"] = float(np.abs(ref[:n] - ort)[real].max())
         for k in ("gpu_texts", "cpu_ref_texts"):
             row.pop(k, None)

@@ -294,6 +294,11 @@ def dev_examples(limit: int | None, work: Path):
     return examples[:limit], sliced
 
 
+def dev_tag(limit, examples) -> str:
+    """How a row's predictions file names the questions it answered: WORK/<model>/predictions/<row>.<tag>.json."""
+    return "full" if limit is None else f"first{len(examples)}"
+
+
 def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batch: int) -> dict:
     """Predict and score one row (or read its cached result)."""
     from bertrt.run.squad_metric import evaluate
@@ -356,7 +361,7 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     examples, dev = dev_examples(args.limit, work)
-    tag = "full" if args.limit is None else f"first{len(examples)}"
+    tag = dev_tag(args.limit, examples)
     table = []
     for name in args.models.split(","):
         model = make_model(name, work, args.calib_num)

@@ -436,3 +436,18 @@ def test_handbuilt_int8_graph_runs_with_min_max_ranges_on_the_reference():
     out = ReferenceRunner(m8, amax=amax).run(feeds)["logits"]
     err = np.abs(out - ref["logits"]).max()
     assert 1e-4 < err < 0.1 * np.abs(ref["logits"]).max()
+
+
+def test_int8_steps_are_counted_on_the_grid():
+    """One value one step off, on grids whose scales differ in their last bits (each side's float32 rounding of
+    amax / 127): one step, where max |difference| / scale would read 1.00002."""
+    from bertrt.plugins.kernels.check import diff
+
+    q = np.arange(-127, 128, dtype=np.float64)
+    s_kernel, s_ref = np.float32(6.0 / 127), np.float32(6.0 / 127) * (1 + 2e-7)
+    kernel = (q * s_kernel).astype(np.float32)
+    ref = q * s_ref
+    kernel[-1] = (126 * s_kernel)  # 127 in the reference, 126 in the kernel
+    _, _, steps, _ = diff(kernel, ref, 6.0 / 127)
+    assert steps == 1.0
+    assert np.abs(kernel.astype(np.float64) - ref).max() / (6.0 / 127) > 1 + 1e-6

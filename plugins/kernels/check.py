@@ -201,7 +201,11 @@ def diff(kernel: np.ndarray, ref: np.ndarray, step: float | None):
     d = np.abs(k - r)
     big = np.abs(r) >= 1e-3 * max(float(np.abs(r).max()), 1e-30)
     rel = float((d[big] / np.abs(r[big])).max()) if big.any() else 0.0
-    return float(d.max()) if d.size else 0.0, rel, (float(d.max()) / step if step else None), int(d.size)
+    # INT8: how many steps apart the two values are on the output grid (both are multiples of the scale, each
+    # side's float32 rounding of it aside: dividing the difference by the scale would read 127 steps' rounding as
+    # more than one step).
+    steps = float(np.abs(np.rint(k / step) - np.rint(r / step)).max()) if step and d.size else None
+    return float(d.max()) if d.size else 0.0, rel, steps, int(d.size)
 
 
 def run_case(case: Case, lib, sm: int) -> CaseResult:
