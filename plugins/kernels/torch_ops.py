@@ -298,8 +298,7 @@ class TorchSegment:
             if name in made and name not in keep:
                 self.drop[k].append(name)
         self._torch = torch
-        bad = sorted({n.op_type for n in nodes if n.op_type not in self.table or n.domain not in ("", "ai.onnx")}
-                     - {INT_MATMUL})
+        bad = sorted({n.op_type for n in nodes if n.op_type not in self.table or n.domain not in ("", "ai.onnx")})
         if bad:
             raise BertrtError(f"the kernels backend has no PyTorch version of op {bad[0]} "
                               f"(node {next(n.name for n in nodes if n.op_type == bad[0])})")
