@@ -96,6 +96,8 @@ class Model:
     rows = FLOAT_ROWS + INT8_ROWS
     baseline = "fp32-ort"
 
+    threads = 0  # ONNX Runtime threads per session (0: its default, every core); --threads
+
     def __init__(self, name: str, work: Path, calib_num: int):
         self.name, self.dir, self.calib_num = name, work / name, calib_num
         self.hf = SHARED / "models" / name
@@ -180,12 +182,12 @@ class Model:
         from bertrt.run.backends import OrtBackend, ReferenceBackend
 
         if row == "fp32-ort":
-            return OrtBackend(self.canonical())
+            return OrtBackend(self.canonical(), threads=self.threads)
         if row == "fp32-hf-onnx":
-            return OrtBackend(self.hf_onnx())
+            return OrtBackend(self.hf_onnx(), threads=self.threads)
         if row in ("fused-fp32", "fused-fp16", "varseqlen-fp16"):
             model, _ = self.fused(self.canonical(), "trt10", row.split("-")[1], varseqlen=row.startswith("var"))
-            return ReferenceBackend(None, model)
+            return ReferenceBackend(None, model, threads=self.threads)
         recipe, target = row[len("int8-"):].rsplit("-", 1)
         smoothed, method, groups = RECIPES[recipe]
         return self.int8_backend(smoothed, method, groups, target)
@@ -203,13 +205,13 @@ class Model:
             graph, names = self.fused(source, "trt11", "int8")
             q, report = insert_qdq(graph, apply_name_map(amax, names, drop_unmapped=True),
                                    skip_nodes=float_gemms(graph, groups) if groups else ())
-            backend = ReferenceBackend(None, q)
+            backend = ReferenceBackend(None, q, threads=self.threads)
             backend.int8_gemms = len(report.quantized)
             return backend
         graph, names = self.fused(source, "trt10", "int8")
         drops = float_gemm_drops(load_model(source, load_external_data=False), groups) if groups else set()
         ranges = apply_name_map({k: v for k, v in amax.items() if k not in drops}, names, drop_unmapped=True)
-        return implicit_int8_backend(None, graph, ranges)
+        return implicit_int8_backend(None, graph, ranges, self.threads)
 
 
 class QatModel(Model):
@@ -252,21 +254,21 @@ class QatModel(Model):
         from bertrt.run.backends import OrtBackend, ReferenceBackend, implicit_int8_backend
 
         if row == "qat-ort":
-            return OrtBackend(self.canonical())
+            return OrtBackend(self.canonical(), threads=self.threads)
         if row == "qat-unified-ort":
-            return OrtBackend(self.unified())
+            return OrtBackend(self.unified(), threads=self.threads)
         target = row.rsplit("-", 1)[1]
         qat = load_model(self.canonical(), load_external_data=False)
         graph, names = self.fused(self.canonical(), target, "int8")
         own = apply_name_map(qat_ranges(qat).amax, names, drop_unmapped=True)
         if target == "trt11":  # `calibrate qat` + `calibrate qdq`: the model's weight grid, its activation scales
             q, report = insert_qdq(graph, own)
-            backend = ReferenceBackend(None, q)
+            backend = ReferenceBackend(None, q, threads=self.threads)
             backend.int8_gemms = len(report.quantized)
             return backend
         # `calibrate ranges --method minmax` + `calibrate qat --fill`, as make engine runs them
         measured = apply_name_map(self.ranges(self.canonical(), "minmax"), names, drop_unmapped=True)
-        return implicit_int8_backend(None, graph, {**fill_ranges(qat, own, measured, names), **own})
+        return implicit_int8_backend(None, graph, {**fill_ranges(qat, own, measured, names), **own}, self.threads)
 
 
 def make_model(name: str, work: Path, calib_num: int) -> Model:
@@ -347,6 +349,8 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="only the first N dev questions [default: all 10,570]")
     ap.add_argument("--calib-num", type=int, default=100, help="calibration features (train questions)")
     ap.add_argument("--batch", type=int, default=8, help="features per inference call")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ONNX Runtime threads per session [default: every core]; for several runs side by side")
     ap.add_argument("--official", type=Path, default=None,
                     help="SQuAD's evaluate-v1.1.py: also score every predictions file with it")
     args = ap.parse_args()
@@ -365,6 +369,7 @@ def main():
     table = []
     for name in args.models.split(","):
         model = make_model(name, work, args.calib_num)
+        model.threads = args.threads
         asked = [r for r in rows if r in model.rows]
         if not asked:
             log(f"{name}: none of the rows asked for is one of its ({', '.join(model.rows)}); skipped")

@@ -226,7 +226,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def __init__(self, path, model=None, amax: dict[str, float] | None = None):
+    def __init__(self, path, model=None, amax: dict[str, float] | None = None, threads: int = 0):
         from bertrt.onnx_io import load_model
         from bertrt.plugins.runner import ReferenceRunner
         from bertrt.run.compare import vocab_size
@@ -234,7 +234,7 @@ class ReferenceBackend(Backend):
         model = model if model is not None else load_model(path)
         super().__init__(path, onnx_input_shape(model, path), vocab_size(model))
         self.output = _output_name(model, path)
-        self.runner = ReferenceRunner(model, amax=amax)
+        self.runner = ReferenceRunner(model, amax=amax, threads=threads)
         self.runner.path = self.path
         self.int8_gemms = 0  # weight GEMMs simulated in INT8 (implicit_int8_backend)
 
@@ -390,13 +390,13 @@ def open_backend(engine=None, onnx=None, *, amax: dict[str, float] | None = None
     return OrtBackend(onnx, model, threads=threads)
 
 
-def implicit_int8_backend(path, model, amax: dict[str, float]) -> ReferenceBackend:
+def implicit_int8_backend(path, model, amax: dict[str, float], threads: int = 0) -> ReferenceBackend:
     """``model`` as a TensorRT 10 engine built with the calibration table ``amax`` computes it, on the CPU
     reference: INT8 plugins read their scales from it, and every weight GEMM whose input and output have a
     range runs in INT8. The one simulation `bertrt squad --amax` and `bertrt calibrate evaluate` both run."""
     from bertrt.calibrate.evaluate import implicit_int8_model  # INT8 knowledge lives in calibrate
 
     simulated, report = implicit_int8_model(model, amax)
-    backend = ReferenceBackend(path, simulated, amax=amax)
+    backend = ReferenceBackend(path, simulated, amax=amax, threads=threads)
     backend.int8_gemms = len(report.quantized)
     return backend

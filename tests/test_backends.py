@@ -194,3 +194,14 @@ def test_a_packed_engine_packs_no_longer_than_its_max_seqlen_profile():
         backend.run(feeds)
     fixed = engine_input_shape({"input_ids": [((1, 128), (8, 128), (8, 128))]}.__getitem__, varseqlen=False)
     assert (fixed.seq, fixed.max_batch, fixed.varseqlen) == (128, 8, False)
+
+
+def test_threads_reach_every_onnxruntime_session(handbuilt):
+    """A benchmark that runs several rows side by side gives each session a share of the cores."""
+    unfused, fused = handbuilt
+    feeds = feeds_with_padding(1, 16)
+    with OrtBackend(unfused, threads=1) as plain, ReferenceBackend(fused, threads=1) as ref:
+        plain.run(feeds), ref.run(feeds)
+        sessions = [plain.session] + [s for seg in ref.runner.steps for s in getattr(seg, "sessions", {}).values()]
+    assert len(sessions) > 1
+    assert {s.get_session_options().intra_op_num_threads for s in sessions} == {1}
