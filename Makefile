@@ -53,13 +53,16 @@ FLOAT_GEMMS ?= $(if $(QAT),,$(if $(REAL),ffn1$(comma)ffn2))
 # Smoothed inputs calibrate best by their max (percentile clips the few huge GELU outputs the smoothing kept).
 CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
 # INT8 is checked on real text, against the FP32 model (a QAT export: against itself, on ONNX Runtime): a real
-# model must keep its SQuAD F1 on the first EVAL_NUM dev questions within MAX_F1_DROP points
-# (benchmarks/squad_accuracy.py has the full dev set); cosine of the logits and argmax agreement are printed as
+# model must keep its SQuAD F1 on EVAL_NUM dev questions within MAX_F1_DROP points, questions spread through the
+# dev set (SQuAD runs article by article: its first 500 questions are one article, Super_Bowl_50, on which
+# minilm-squad-h64's INT8 attention loses 1.7 F1 where it loses 0.7 on all 10,570); the drop is printed with its
+# standard error (benchmarks/squad_accuracy.py has the full dev set); cosine of the logits and argmax agreement are printed as
 # diagnostics, INT8_MIN_COS only catches a broken graph (the zoo's random-weight models attend almost uniformly,
 # and INT8 attention probabilities, in steps of 1/127, round most of 1/384 to zero: BERT-Base with INT8 attention
 # on trt10 sits near 0.89 cosine on end logits).
 EVAL_JSON ?= $(if $(REAL),$(SQUAD_DIR)/dev-v1.1.json,calibrate/data/pydoc_qa_eval.json)
-EVAL_NUM ?= $(if $(REAL),500,100)
+EVAL_NUM ?= $(if $(REAL),1000,100)
+EVAL_SPREAD = $(if $(REAL),--spread)
 MAX_F1_DROP ?= $(if $(REAL),1.0)
 INT8_MIN_COS ?= 0.8
 ENGINE_DIR = $(BUILD)/$(MODEL_NAME)-$(SEQ)-$(PREC)-$(TARGET)
@@ -67,7 +70,7 @@ CKPT_DIR = $(if $(CKPT),$(CKPT),$(ENGINE_DIR)/checkpoint)
 # What the calibrate commands need to tokenize: the checkpoint's vocab.txt; for an export VOCAB and its free
 # sequence axis set.
 TOKENS = $(if $(ONNX),--seq $(SEQ) $(if $(VOCAB),--vocab $(VOCAB)),--vocab $(CKPT_DIR)/vocab.txt)
-EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(TOKENS) \
+EVALUATE = $(BERTRT) calibrate evaluate $(ENGINE_DIR)/model.onnx --squad-json $(EVAL_JSON) --num $(EVAL_NUM) $(EVAL_SPREAD) $(TOKENS) \
 	--check --min-cos $(INT8_MIN_COS) --min-agree 0 $(if $(MAX_F1_DROP),--max-f1-drop $(MAX_F1_DROP)) \
 	-o $(ENGINE_DIR)/int8-accuracy.json
 CALIBRATE = --squad-json $(CALIB_JSON) --calib-num $(CALIB_NUM) $(TOKENS)

@@ -253,6 +253,8 @@ def test_evaluate_command(flow, tiny_onnx, tmp_path):
     r = _cli("calibrate", "evaluate", tiny_onnx, flow / "trt10.onnx", "--squad-json", data, "--num", 6,
              "--amax", tmp_path / "wrong.json", "--check", "--min-cos", -1, "--min-agree", 0)
     assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if line.startswith("trt10.onnx"))
+    assert row.split()[-1] == "yes" and "targets: cosine >= -1" in r.output  # the table shows the check's verdict
     # INT8 plugins without their ranges: a one-line error naming the candidate, no output file.
     r = _cli("calibrate", "evaluate", tiny_onnx, flow / "trt10.onnx", "--squad-json", data, "--num", 2,
              "-o", tmp_path / "none.json")
