@@ -8,7 +8,9 @@ other node of the graph on PyTorch CUDA: not a TensorRT engine. Sections (each o
   --plugins        the per-plugin table: each plugin node on NVIDIA's kernel and on the CPU reference, on the
                    same inputs (bertrt.plugins.kernels.check)
   --pack DIR       whole fused graphs (benchmarks/kernels_pack.py) on the features next to them: logits saved as
-                   <model>.kernels.npy for SQuAD EM/F1 and the comparison with ONNX Runtime (done on the CPU);
+                   <model>.kernels.npy (in .partK.npy files over 15 MiB, which come back from the GPU machine
+                   where one file would not: kernels_score.py joins them) for SQuAD EM/F1 and the comparison with
+                   ONNX Runtime (done on the CPU);
                    --dump-attention N also saves every QKVToContext node's input and output on N features
   --probe-fmha     the fixed-length FP16 fused attention on inputs that read out its probabilities (probe.npz)
   --latency        BERT-Base / BERT-Large (the zoo's seeded weights) latency, CUDA graphs, next to PyTorch fp16
@@ -258,7 +260,7 @@ def probe_fmha_fp16(lib, sm, out: Path) -> list[dict]:
 
 def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = False, dump: int = 0) -> list[dict]:
     import torch
-    from kernels_pack import model_of, unpack
+    from kernels_pack import model_of, save_parts, unpack
 
     from bertrt.plugins.kernels.runner import KernelRunner
     from bertrt.run.packing import NO_LOGIT, unpack_varseqlen
@@ -285,7 +287,7 @@ def run_pack(folder: Path, out: Path, lib, sm, batch: int, half_gemms: bool = Fa
         t1 = time.perf_counter()
         runner.close()
         arr = np.concatenate(logits).astype(np.float32)
-        np.save(out / f"{name}.kernels.npy", arr)
+        save_parts(out, f"{name}.kernels", arr)  # full-dev logits exceed what comes back in one file
         results.append({"model": name, "features": n, "batch": batch, "seconds": t1 - t0,
                         "load_seconds": t0 - start, "finite": bool(np.isfinite(arr).all())})
         log(f"{name}: {n} features in {t1 - t0:.1f} s (load {t0 - start:.1f} s), finite {np.isfinite(arr).all()}")

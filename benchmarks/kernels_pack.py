@@ -4,6 +4,9 @@ float16, each distinct weight once for all the graphs packed together, and comes
 
     pack(models, out_dir)  ->  out_dir/weights.npz + out_dir/<name>.skeleton.onnx (graphs without weights)
     unpack(out_dir, name)  ->  the ModelProto, equal to the original
+
+The way back has a limit too (a file over 16 MiB does not come back from the GPU machine): save_parts writes an
+array as <stem>.npy, or as <stem>.partK.npy files under the limit, and load_parts joins them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 MIN_BYTES = 1024  # smaller tensors stay in the skeleton
+PART_BYTES = 15 << 20  # under the GPU machine's 16 MiB limit on a file that comes back
 
 
 def model_of(name: str) -> str:
@@ -76,3 +80,37 @@ def unpack(out_dir: Path, name: str) -> onnx.ModelProto:
         a = a.astype(np.float32) if kind == "f16" else a
         t.raw_data = np.ascontiguousarray(a.astype(np.dtype(dtype))).tobytes()
     return model
+
+
+def save_parts(folder: Path, stem: str, arr: np.ndarray, limit: int = PART_BYTES) -> list[Path]:
+    """``arr`` as folder/<stem>.npy, or split along its first axis into <stem>.part0.npy, ... each under ``limit``."""
+    folder = Path(folder)
+    n = -(-arr.nbytes // limit) if arr.nbytes > limit else 1
+    if n == 1:
+        paths = [folder / f"{stem}.npy"]
+        np.save(paths[0], arr)
+        return paths
+    paths = [folder / f"{stem}.part{k}.npy" for k in range(n)]
+    for path, part in zip(paths, np.array_split(arr, n)):
+        np.save(path, part)
+    return paths
+
+
+def load_parts(folder: Path, stem: str) -> np.ndarray:
+    """What save_parts wrote (either form)."""
+    folder = Path(folder)
+    whole = folder / f"{stem}.npy"
+    if whole.exists():
+        return np.load(whole)
+    parts = sorted(folder.glob(f"{stem}.part*.npy"), key=lambda p: int(p.name[len(stem) + 5:-4]))
+    if not parts:
+        raise FileNotFoundError(f"{whole}: not found, nor its parts")
+    return np.concatenate([np.load(p) for p in parts])
+
+
+def saved_stems(folder: Path, suffix: str) -> list[str]:
+    """Stems ending in ``suffix`` that save_parts wrote in folder, whole or in parts."""
+    names = {p.name[:-4] for p in Path(folder).glob(f"*{suffix}.npy")}
+    names |= {p.name.rsplit(".part", 1)[0] for p in Path(folder).glob(f"*{suffix}.part*.npy")}
+    return sorted(names)
+

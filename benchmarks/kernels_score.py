@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import squad_accuracy as sa  # noqa: E402
-from kernels_pack import model_of  # noqa: E402
+from kernels_pack import load_parts, model_of, saved_stems  # noqa: E402
 
 
 def main():
@@ -38,12 +38,12 @@ def main():
     args.limit = args.limit or None
     examples, _ = sa.dev_examples(args.limit, args.work)
     rows = []
-    for gpu_file in sorted(p for d in args.gpu for p in d.glob("*.kernels.npy")):
-        name = gpu_file.name[:-len(".kernels.npy")]
+    for folder, stem in [(d, s) for d in args.gpu for s in saved_stems(d, ".kernels")]:
+        name = stem[:-len(".kernels")]
         model = model_of(name)
         per_example = examples_features(load_tokenizer(sa.SHARED / "models" / model / "vocab.txt"), examples,
                                         max_seq_length=sa.SEQ)
-        gpu = np.load(gpu_file)
+        gpu = load_parts(folder, stem)
         row = {"model": name, "features": int(gpu.shape[0])}
         ref_path = args.prep / f"{name.removesuffix('.half-gemms')}.ref.npy"  # the same graph's CPU reference
         pad = ~np.load(args.prep / f"{model}-features.npz")["input_mask"][:gpu.shape[0]].astype(bool)
