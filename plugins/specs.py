@@ -122,17 +122,6 @@ class PluginSpec:
             return f"INT8 needs hidden size {_one_of(self.int8_hidden)}, not {hidden}"
         return None
 
-    def int8_needs(self) -> str:
-        """The INT8 limits in words, for reports ("head size 64 and a fixed sequence of 128 or 384")."""
-        parts = []
-        if self.fused_head_sizes:
-            parts.append(f"head size {_one_of(self.fused_head_sizes)}")
-        if self.int8_seqs:
-            parts.append(f"a fixed sequence of {_one_of(self.int8_seqs)}")
-        if self.int8_hidden:
-            parts.append(f"hidden size {_one_of(self.int8_hidden)}")
-        return " and ".join(parts) or "nothing more"
-
 
 def _one_of(values) -> str:
     values = [str(v) for v in values]

@@ -55,7 +55,9 @@ def evaluate(graph: gs.Graph, outputs: list[gs.Tensor], feeds: list[tuple[gs.Ten
                           initializer=inits),
         opset_imports=_opsets(graph),
     )
-    model.ir_version = onnx.IR_VERSION
+    # The oldest IR version that has these opsets: onnx's newest (IR 14 with onnx 1.23) is refused by an older
+    # ONNX Runtime (1.30 reads up to IR 13) although the region's ops are years older.
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     try:
         return _session(model).run(out_names, feed_by_name)
     except Exception as e:  # the evaluator raises many types for inputs that do not fit the region

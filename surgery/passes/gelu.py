@@ -76,6 +76,7 @@ class GeluPass(FusionPass):
     def match(self, graph, ctx, a) -> Match:
         """The smallest region output that is GELU of one tensor (erf or tanh form), found numerically."""
         xs = np.linspace(-6, 6, 97, dtype=np.float32).reshape(1, 97)
+        ran, failed = False, None
         for x in _sources(a.inputs[0]):
             between = ancestors([a.inputs[0]], stop=[x])
             if any(n.op not in GELU_OPS for n in between):
@@ -83,11 +84,15 @@ class GeluPass(FusionPass):
             for y, sub in candidate_outputs(x, grow(x, between + [a], GELU_OPS), must_contain={a.op}):
                 try:
                     (got,) = evaluate(graph, [y], [(x, xs)])
-                except RegionError:
+                except RegionError as e:
+                    failed = e
                     continue
+                ran = True
                 for approx, fn in (("none", gelu_erf), ("tanh", gelu_tanh)):
                     if np.max(np.abs(got - fn(xs))) <= TOLERANCE:
                         return Match([x], [y], approx)
+        if not ran and failed is not None:  # not a mismatch: the region could not be run at all
+            raise NoMatch(f"cannot evaluate the region around it: {failed}")
         raise NoMatch("no region around it computes GELU (erf or tanh form) of a single input")
 
     def rewrite(self, graph, ctx, m: Match) -> list:

@@ -65,7 +65,7 @@ class LayerNormPass(FusionPass):
         input (the numeric check picks it among the region's outputs: exporters order the sums many ways)."""
         x = mean.inputs[0]
         r = adapters.model_rank(graph, x, ctx)
-        closest = None
+        closest = failed = None
         for y, sub in candidate_outputs(x, grow(x, [mean], LN_OPS), must_contain={mean.op}):
             E = last_dim(x) or _hidden_from_constants(sub)
             if E is None or sum(m.op in MEAN_OPS for m in sub) < 2 or (params := _params(sub, E)) is None:
@@ -74,12 +74,15 @@ class LayerNormPass(FusionPass):
             x0 = (self._rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
             try:
                 (got,) = evaluate(graph, [y], [(x, x0)])
-            except RegionError:
+            except RegionError as e:
+                failed = e
                 continue
             err = max_rel_err(got, layer_norm(x0, *params))
             if err <= self.tolerance:
                 return Match([x], [y], params)
             closest = err if closest is None else min(closest, err)
+        if closest is None and failed is not None:  # not a mismatch: the region could not be run at all
+            raise NoMatch(f"cannot evaluate the region around it: {failed}")
         raise NoMatch("no output of the region around it computes a LayerNorm of its input over the last axis"
                       + ("" if closest is None else f" (closest differs by {closest:.2g})"))
 

@@ -13,6 +13,8 @@ is explicit: this pass gives the FP16 graph, and `bertrt calibrate qdq` puts Q/D
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -56,6 +58,7 @@ class PrecisionPass(Pass):
 
     def _int8_plugins(self, graph: gs.Graph, ctx, report) -> None:
         qkv_int8 = skip_int8 = 0
+        why_not = {QKV_TO_CONTEXT: Counter(), SKIP_LAYER_NORM: Counter()}  # what kept nodes in FP16, counted
         for node in graph.nodes:
             probs = ctx.qat_scales.get(ctx.softmax_of.get(node.name, ""))
             if node.op == QKV_TO_CONTEXT and probs:
@@ -64,27 +67,31 @@ class PrecisionPass(Pass):
                 H = node.attrs["hidden_size"] // node.attrs["num_heads"]
                 fused_mask = node.attrs.get("var_seqlen", 0) == 0 and len(node.inputs) > 1 and any(
                     p.op == EMB_LAYER_NORM for p in node.inputs[1].inputs)
-                fits = spec_of(node).int8_problem(head_size=H, seq=ctx.seq or 0, values=node.attrs) is None
-                if fits and fused_mask:
+                problem = spec_of(node).int8_problem(head_size=H, seq=ctx.seq or 0, values=node.attrs)
+                if problem is None and not fused_mask:
+                    problem = "INT8 is set only on a fixed-length node whose mask comes from EmbLayerNorm"
+                if problem is not None:
+                    why_not[QKV_TO_CONTEXT][problem] += 1
+                else:
                     node.attrs["type_id"] = TYPE_INT8
                     for p in node.inputs[1].inputs:
                         p.attrs["mha_type_id"] = TYPE_INT8
                     qkv_int8 += 1
             elif node.op == SKIP_LAYER_NORM and node.attrs.get("beta") is not None:
                 E = np.asarray(node.attrs["beta"].values).size
-                if spec_of(node).int8_problem(hidden=E) is None:
+                problem = spec_of(node).int8_problem(hidden=E)
+                if problem is None:
                     node.attrs["type_id"] = TYPE_INT8
                     skip_int8 += 1
+                else:
+                    why_not[SKIP_LAYER_NORM][problem] += 1
         n_qkv = sum(n.op == QKV_TO_CONTEXT for n in graph.nodes)
         n_skip = sum(n.op == SKIP_LAYER_NORM for n in graph.nodes)
         report.notes.append(f"INT8: QKVToContext {qkv_int8}/{n_qkv}, SkipLayerNorm {skip_int8}/{n_skip} "
                             "(the rest FP16); GEMMs take INT8 from the ranges")
-        qkv = next((spec_of(n) for n in graph.nodes if n.op == QKV_TO_CONTEXT), None)
-        skip = next((spec_of(n) for n in graph.nodes if n.op == SKIP_LAYER_NORM), None)
-        if qkv_int8 < n_qkv:
-            report.notes.append(f"QKVToContext INT8 needs {qkv.int8_needs()}")
-        if skip_int8 < n_skip:
-            report.notes.append(f"SkipLayerNorm INT8 needs {skip.int8_needs()}")
+        for op, name in ((QKV_TO_CONTEXT, "QKVToContext"), (SKIP_LAYER_NORM, "SkipLayerNorm")):
+            for problem, n in sorted(why_not[op].items()):  # the plugin's own reason, not a generic list
+                report.notes.append(f"{name} FP16 x{n}: {problem}")
 
     def _float16_graph(self, graph: gs.Graph) -> int:
         # The outputs stay float32: each float32 output is computed in float16 and Cast back at the very end.
