@@ -57,10 +57,10 @@ CALIB_METHOD ?= $(if $(filter 1,$(SMOOTH)),minmax,percentile)
 # model must keep its SQuAD F1 on EVAL_NUM dev questions within MAX_F1_DROP points, questions spread through the
 # dev set (SQuAD runs article by article: its first 500 questions are one article, Super_Bowl_50, on which
 # minilm-squad-h64's INT8 attention loses 1.7 F1 where it loses 0.7 on all 10,570); the drop is printed with its
-# standard error (benchmarks/squad_accuracy.py has the full dev set); cosine of the logits and argmax agreement are printed as
-# diagnostics, INT8_MIN_COS only catches a broken graph (the zoo's random-weight models attend almost uniformly,
-# and INT8 attention probabilities, in steps of 1/127, round most of 1/384 to zero: BERT-Base with INT8 attention
-# on trt10 sits near 0.89 cosine on end logits).
+# standard error (benchmarks/squad_accuracy.py has the full dev set); cosine of the logits and argmax agreement
+# are printed as diagnostics, INT8_MIN_COS only catches a broken graph (the zoo's random-weight models attend
+# almost uniformly, and INT8 attention probabilities, in steps of 1/127, round most of 1/384 to zero: BERT-Base
+# with INT8 attention on trt10 sits near 0.89 cosine on end logits).
 EVAL_JSON ?= $(if $(REAL),$(SQUAD_DIR)/dev-v1.1.json,calibrate/data/pydoc_qa_eval.json)
 EVAL_NUM ?= $(if $(REAL),1000,100)
 EVAL_SPREAD = $(if $(REAL),--spread)

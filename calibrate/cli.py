@@ -334,9 +334,9 @@ def evaluate_cmd(model, candidate, squad_json, amax_path, plugins_only, num, spr
     """Accuracy of CANDIDATE (a fused INT8 or Q/DQ graph, on the CPU reference) against the FP32 canonical
     MODEL (on ONNX Runtime) on --num questions (the first, or --spread through the file): SQuAD v1.1 exact match
     and F1 of both (every feature of each question) and the F1 drop, with its standard error over the questions
-    (how far the drop on all of the file's questions may lie); as diagnostics, the cosine of the start and end logits over the first
-    feature's valid tokens (mean over questions) and the share of questions whose start (end) argmax over the
-    passage tokens agrees."""
+    (how far the drop on all of the file's questions may lie); as diagnostics, the cosine of the start and end
+    logits over the first feature's valid tokens (mean over questions) and the share of questions whose start
+    (end) argmax over the passage tokens agrees."""
     import json
 
     from bertrt.atomic import write_text
