@@ -35,7 +35,8 @@ train-v1.1.first44.json, which dev does not share):
 
 Every row's predictions are written to WORK/<model>/predictions/<row>.json ({question id: answer}, what the
 official evaluate-v1.1.py reads) and cached: a second run reuses them (delete a file to redo its row), so the
-full table can be made in several runs. With --limit N only the first N dev questions are asked (a dev file of
+full table can be made in several runs. benchmarks/squad_parts.py makes one row in parts, over several processes or
+machines, and joins them into that file. With --limit N only the first N dev questions are asked (a dev file of
 them is written beside, for the official script).
 
     python benchmarks/squad_accuracy.py --work build/squad-accuracy [--models minilm-squad,minilm-squad-h64]
