@@ -39,6 +39,17 @@ def best_over_truths(metric, prediction: str, truths: list[str]) -> float:
     return max((metric(prediction, t) for t in truths), default=0.0)
 
 
+def _question_scores(examples, predictions: dict[str, str]):
+    """(EM, F1) of each question in order, each 0 or 1 and in [0, 1]; None for a question without a prediction."""
+    for example in examples:
+        if example.qas_id not in predictions:
+            yield None
+            continue
+        truths = [a.text for a in example.answers]
+        prediction = predictions[example.qas_id]
+        yield best_over_truths(exact_match, prediction, truths), best_over_truths(f1, prediction, truths)
+
+
 def evaluate(examples, predictions: dict[str, str]) -> dict[str, float]:
     """EM and F1 (×100) over the examples (each with ``qas_id`` and ``answers``, see squad_data).
 
@@ -46,15 +57,13 @@ def evaluate(examples, predictions: dict[str, str]) -> dict[str, float]:
     """
     total = em_sum = f1_sum = 0.0
     unanswered = 0
-    for example in examples:
+    for scores in _question_scores(examples, predictions):
         total += 1
-        if example.qas_id not in predictions:
+        if scores is None:
             unanswered += 1
             continue
-        truths = [a.text for a in example.answers]
-        prediction = predictions[example.qas_id]
-        em_sum += best_over_truths(exact_match, prediction, truths)
-        f1_sum += best_over_truths(f1, prediction, truths)
+        em_sum += scores[0]
+        f1_sum += scores[1]
     if total == 0:
         return {"exact_match": 0.0, "f1": 0.0, "total": 0, "unanswered": 0}
     return {"exact_match": 100.0 * em_sum / total, "f1": 100.0 * f1_sum / total,
@@ -63,5 +72,4 @@ def evaluate(examples, predictions: dict[str, str]) -> dict[str, float]:
 
 def question_f1(examples, predictions: dict[str, str]) -> np.ndarray:
     """Per question F1 (×100, 0 without a prediction), in the examples' order: what ``evaluate`` averages."""
-    return np.array([100.0 * best_over_truths(f1, predictions[e.qas_id], [a.text for a in e.answers])
-                     if e.qas_id in predictions else 0.0 for e in examples])
+    return np.array([0.0 if s is None else 100.0 * s[1] for s in _question_scores(examples, predictions)])
