@@ -304,7 +304,6 @@ def dev_tag(limit, examples) -> str:
 
 def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batch: int) -> dict:
     """Predict and score one row (or read its cached result)."""
-    from bertrt.run.squad_metric import evaluate
     from bertrt.run.squad_predict import answers, feature_logits
 
     meta = out.with_suffix(".scores.json")
@@ -319,15 +318,25 @@ def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batc
     texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
     seconds = time.perf_counter() - start
     backend.close()
-    scores = evaluate(examples, texts)
-    result = {"row": row, "model": model.name, "questions": len(examples), "features": len(flat),
-              "exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds,
-              "int8_gemms": getattr(backend, "int8_gemms", 0)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(texts, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    meta.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    result = save_row(out, model.name, row, examples, texts, len(flat), seconds, getattr(backend, "int8_gemms", 0))
     log(f"{model.name} {row}: EM {result['exact_match']:.2f} F1 {result['f1']:.2f}, "
         f"{len(examples) / seconds:.2f} questions/s")
+    return result
+
+
+def save_row(out: Path, model: str, row: str, examples, texts: dict[str, str], features: int, seconds: float,
+             int8_gemms, **extra) -> dict:
+    """Score a row's answers and write its predictions file and .scores.json (what run_row reuses): their one
+    writer."""
+    from bertrt.run.squad_metric import evaluate
+
+    scores = evaluate(examples, texts)
+    result = {"row": row, "model": model, "questions": len(examples), "features": features,
+              "exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds,
+              "int8_gemms": int8_gemms, **extra}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(texts, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    out.with_suffix(".scores.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
 
 

@@ -87,8 +87,6 @@ def run(args):
 
 
 def join(args):
-    from bertrt.run.squad_metric import evaluate
-
     examples, _ = sa.dev_examples(None, Path(args.work))
     bounds = part_bounds(len(examples), args.parts)
     found = {}
@@ -110,15 +108,10 @@ def join(args):
         texts.update(record["answers"])
         seconds += record["seconds"]
         features += record["features"]
-    scores = evaluate(examples, texts)
     gemms = {r["int8_gemms"] for r in found.values()}
-    result = {"row": args.row, "model": args.model, "questions": len(examples), "features": features,
-              "exact_match": scores["exact_match"], "f1": scores["f1"], "seconds": seconds,
-              "int8_gemms": gemms.pop() if len(gemms) == 1 else sorted(gemms), "parts": args.parts}
     out = Path(args.work) / args.model / "predictions" / f"{args.row}.{sa.dev_tag(None, examples)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(texts, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-    out.with_suffix(".scores.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    result = sa.save_row(out, args.model, args.row, examples, texts, features, seconds,
+                         gemms.pop() if len(gemms) == 1 else sorted(gemms), parts=args.parts)
     sa.log(f"{args.model} {args.row}: {args.parts} parts joined -> {out}: EM {result['exact_match']:.2f} "
            f"F1 {result['f1']:.2f} ({seconds:.0f} s of inference in all)")
 
