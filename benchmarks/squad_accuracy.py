@@ -98,6 +98,7 @@ class Model:
     baseline = "fp32-ort"
 
     threads = 0  # ONNX Runtime threads per session (0: its default, every core); --threads
+    float64_gemms = False  # --float64-gemms
 
     def __init__(self, name: str, work: Path, calib_num: int):
         self.name, self.dir, self.calib_num = name, work / name, calib_num
@@ -312,7 +313,9 @@ def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batc
         if cached.get("questions") == len(examples):
             return cached
     backend = model.backend(row)
-    log(f"{model.name} {row}: {backend!r}")
+    if model.float64_gemms and hasattr(backend, "runner"):  # the CPU reference's rows
+        backend.runner.float64_gemms = True
+    log(f"{model.name} {row}: {backend!r}{' float MatMuls in float64' if model.float64_gemms else ''}")
     start = time.perf_counter()
     logits = feature_logits(backend, flat, seq=SEQ, batch=batch, progress=progress(), label=f"{model.name} {row}")
     texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}
@@ -361,6 +364,9 @@ def main():
     ap.add_argument("--batch", type=int, default=8, help="features per inference call")
     ap.add_argument("--threads", type=int, default=0,
                     help="ONNX Runtime threads per session [default: every core]; for several runs side by side")
+    ap.add_argument("--float64-gemms", action="store_true",
+                    help="the CPU reference's float MatMuls in float64, rounded once to float32 (rows saved as "
+                         "<row>.float64-gemms...): how far last-bit changes of the GEMMs move a row")
     ap.add_argument("--official", type=Path, default=None,
                     help="SQuAD's evaluate-v1.1.py: also score every predictions file with it")
     args = ap.parse_args()
@@ -380,6 +386,7 @@ def main():
     for name in args.models.split(","):
         model = make_model(name, work, args.calib_num)
         model.threads = args.threads
+        model.float64_gemms = args.float64_gemms
         asked = [r for r in rows if r in model.rows]
         if not asked:
             log(f"{name}: none of the rows asked for is one of its ({', '.join(model.rows)}); skipped")
@@ -391,7 +398,8 @@ def main():
         log(f"{name}: {len(examples)} questions, {len(flat)} features at seq {SEQ}")
         results = {}
         for row in asked:
-            out = model.dir / "predictions" / f"{row}.{tag}.json"
+            wide = args.float64_gemms and row != model.baseline  # the baseline runs on ONNX Runtime as ever
+            out = model.dir / "predictions" / f"{row}{'.float64-gemms' if wide else ''}.{tag}.json"
             results[row] = run_row(model, row, examples, per_example, flat, out, args.batch)
             results[row]["file"] = out
         table.append((model, results))

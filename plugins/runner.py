@@ -68,6 +68,25 @@ def has_plugin_nodes(model: onnx.ModelProto) -> bool:
     return any(is_plugin_node(n) for n in model.graph.node)
 
 
+def float64_matmuls(nodes: list) -> list:
+    """``nodes`` with each float MatMul (one not reading a DequantizeLinear output: INT8 GEMMs stay as ONNX Runtime
+    fuses them, on the integers) computed in float64 and rounded to float32 once. Products of float32 values are
+    exact in float64, so the result is the correctly rounded float32 GEMM whatever the order of the sums: another
+    valid float32 result than ONNX Runtime's own, for telling what last-bit changes of the GEMMs do downstream."""
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    out = []
+    for n in nodes:
+        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx") or dequantized & set(n.input):
+            out.append(n)
+            continue
+        wide = [f"{n.name}/float64/{k}" for k in range(2)]
+        out += [helper.make_node("Cast", [i], [w], to=onnx.TensorProto.DOUBLE, name=w) for i, w in zip(n.input, wide)]
+        out.append(helper.make_node("MatMul", wide, [n.output[0] + "/float64"], name=n.name + "/float64"))
+        out.append(helper.make_node("Cast", [n.output[0] + "/float64"], [n.output[0]], to=onnx.TensorProto.FLOAT,
+                                    name=n.name))
+    return out
+
+
 class ReferenceRunner:
     """Runs a fused graph: ONNX Runtime for standard segments, numpy references for plugin nodes.
 
@@ -76,8 +95,9 @@ class ReferenceRunner:
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, amax: dict[str, float] | None = None,
-                 threads: int = 0):
+                 threads: int = 0, float64_gemms: bool = False):
         self.path = None
+        self.float64_gemms = float64_gemms  # see float64_matmuls
         if not isinstance(model, onnx.ModelProto):
             self.path = os.fspath(model)
             model = load_model(model)
@@ -176,7 +196,8 @@ class ReferenceRunner:
         outputs = [helper.make_empty_tensor_value_info(o) for o in seg.outputs]
         used = {i for n in seg.nodes for i in n.input}
         inits = [self._inits[i] for i in self._inits if i in used and i not in seg.inputs]
-        graph = helper.make_graph(seg.nodes, "segment", inputs, outputs, initializer=inits)
+        nodes = float64_matmuls(seg.nodes) if self.float64_gemms else seg.nodes
+        graph = helper.make_graph(nodes, "segment", inputs, outputs, initializer=inits)
         m = helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
         m.functions.extend(self.model.functions)
         opts = ort.SessionOptions()

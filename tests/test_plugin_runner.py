@@ -116,3 +116,36 @@ def test_polygraphy_run_extension(weights, tmp_path):
                             capture_output=True, text=True)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert "PASSED" in second.stdout + second.stderr
+
+
+def test_float64_gemms_round_each_float_matmul_once_and_leave_int8_ones():
+    """--float64-gemms of squad_accuracy: a float MatMul becomes the correctly rounded float32 product (numpy's
+    float64 product rounded once, an independent computation); a MatMul of DequantizeLinear outputs (an INT8
+    GEMM, which ONNX Runtime sums on the integers) is left as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bertrt.plugins.runner import float64_matmuls
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, 768)).astype(np.float32)
+    w = rng.standard_normal((768, 32)).astype(np.float32)
+    wq = rng.integers(-127, 128, (768, 32)).astype(np.int8)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["float_out"], name="float_mm"),
+             helper.make_node("QuantizeLinear", ["a", "s", "zp"], ["aq"], name="q"),
+             helper.make_node("DequantizeLinear", ["aq", "s", "zp"], ["adq"], name="dq_a"),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wdq"], name="dq_w"),
+             helper.make_node("MatMul", ["adq", "wdq"], ["int8_out"], name="int8_mm")]
+    wide = float64_matmuls(nodes)
+    assert [n.name for n in wide if n.op_type == "MatMul"] == ["float_mm/float64", "int8_mm"]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(wq, "wq"),
+             numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(0), "zp")]
+    graph = helper.make_graph(wide, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [16, 768])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                               for o in ("float_out", "int8_out")], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    got, int8 = ort.InferenceSession(model.SerializeToString()).run(None, {"a": a})
+    exact = (a.astype(np.float64) @ w.astype(np.float64)).astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, exact)
+    assert not np.array_equal(a @ w, exact)  # float32 sums differ in the last bits: the rewrite is what made it
+    aq = np.clip(np.rint(a / np.float32(0.05)), -128, 127)
+    assert np.allclose(int8, (aq @ wq.astype(np.float64)) * 0.05 * 0.05, rtol=1e-6, atol=1e-6)
