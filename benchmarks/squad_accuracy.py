@@ -313,9 +313,10 @@ def run_row(model: Model, row: str, examples, per_example, flat, out: Path, batc
         if cached.get("questions") == len(examples):
             return cached
     backend = model.backend(row)
-    if model.float64_gemms and hasattr(backend, "runner"):  # the CPU reference's rows
+    wide = model.float64_gemms and hasattr(backend, "runner")  # the CPU reference's rows, not ONNX Runtime's
+    if wide:
         backend.runner.float64_gemms = True
-    log(f"{model.name} {row}: {backend!r}{' float MatMuls in float64' if model.float64_gemms else ''}")
+    log(f"{model.name} {row}: {backend!r}{', float MatMuls in float64' if wide else ''}")
     start = time.perf_counter()
     logits = feature_logits(backend, flat, seq=SEQ, batch=batch, progress=progress(), label=f"{model.name} {row}")
     texts = {k: p.text for k, p in answers(examples, per_example, logits).items()}

@@ -69,10 +69,11 @@ def has_plugin_nodes(model: onnx.ModelProto) -> bool:
 
 
 def float64_matmuls(nodes: list) -> list:
-    """``nodes`` with each float MatMul (one not reading a DequantizeLinear output: INT8 GEMMs stay as ONNX Runtime
-    fuses them, on the integers) computed in float64 and rounded to float32 once. Products of float32 values are
-    exact in float64, so the result is the correctly rounded float32 GEMM whatever the order of the sums: another
-    valid float32 result than ONNX Runtime's own, for telling what last-bit changes of the GEMMs do downstream."""
+    """``nodes`` (of a float32 graph) with each float MatMul (one not reading a DequantizeLinear output: INT8 GEMMs
+    stay as ONNX Runtime fuses them, on the integers) computed in float64 and rounded to float32 once. Products of
+    float32 values are exact in float64 and the float64 sum's error is far below a float32 ulp, so the result is the
+    correctly rounded float32 GEMM but for near-ties, whatever the order of the sums: another valid float32 result
+    than ONNX Runtime's own, for telling what last-bit changes of the GEMMs do downstream."""
     dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     out = []
     for n in nodes:
